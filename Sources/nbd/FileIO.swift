@@ -1,0 +1,181 @@
+import Foundation
+import NBDClient
+import NIOCore
+import NIOPosix
+
+/// Blocking file I/O runs on NIO's thread pool, never on the cooperative pool.
+enum StandardStreams {
+    static func writeOutput(_ text: String) { FileHandle.standardOutput.write(Data(text.utf8)) }
+    static func writeError(_ text: String) { FileHandle.standardError.write(Data(text.utf8)) }
+
+    static func writeJSON(_ value: some Encodable) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var data = try encoder.encode(value)
+        data.append(UInt8(ascii: "\n"))
+        FileHandle.standardOutput.write(data)
+    }
+}
+
+/// A file (or stdout) written from async code.
+struct OutputFile: Sendable {
+    let descriptor: Int32
+    let ownsDescriptor: Bool
+
+    static func open(_ path: String?) async throws -> OutputFile {
+        guard let path, path != "-" else { return OutputFile(descriptor: 1, ownsDescriptor: false) }
+        let descriptor = try await NIOThreadPool.singleton.runIfActive {
+            let fd = Foundation.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            guard fd >= 0 else { throw POSIXFailure(operation: "open \(path)") }
+            return fd
+        }
+        return OutputFile(descriptor: descriptor, ownsDescriptor: true)
+    }
+
+    func write(_ buffer: ByteBuffer) async throws {
+        let descriptor = self.descriptor
+        try await NIOThreadPool.singleton.runIfActive {
+            try buffer.withUnsafeReadableBytes { bytes in
+                var done = 0
+                while done < bytes.count {
+                    guard let base = bytes.baseAddress else { return }
+                    let written = Foundation.write(descriptor, base + done, bytes.count - done)
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        throw POSIXFailure(operation: "write")
+                    }
+                    done += written
+                }
+            }
+        }
+    }
+
+    func close() async throws {
+        guard ownsDescriptor else { return }
+        let descriptor = self.descriptor
+        try await NIOThreadPool.singleton.runIfActive {
+            guard Foundation.close(descriptor) == 0 else { throw POSIXFailure(operation: "close") }
+        }
+    }
+}
+
+/// A file (or stdin) read from async code.
+struct InputFile: Sendable {
+    let descriptor: Int32
+    let ownsDescriptor: Bool
+    /// The size, for regular files.
+    let size: UInt64?
+
+    static func open(_ path: String?) async throws -> InputFile {
+        let (descriptor, owns) = try await NIOThreadPool.singleton.runIfActive { () throws -> (Int32, Bool) in
+            guard let path, path != "-" else { return (0, false) }
+            let fd = Foundation.open(path, O_RDONLY)
+            guard fd >= 0 else { throw POSIXFailure(operation: "open \(path)") }
+            return (fd, true)
+        }
+        var status = stat()
+        let size: UInt64? = fstat(descriptor, &status) == 0 && (status.st_mode & S_IFMT) == S_IFREG ? UInt64(status.st_size) : nil
+        return InputFile(descriptor: descriptor, ownsDescriptor: owns, size: size)
+    }
+
+    /// Up to `maximum` bytes (fewer only at the end), or nil at the end.
+    func read(maximum: Int) async throws -> ByteBuffer? {
+        let descriptor = self.descriptor
+        return try await NIOThreadPool.singleton.runIfActive {
+            var buffer = ByteBufferAllocator().buffer(capacity: maximum)
+            while buffer.readableBytes < maximum {
+                let wanted = maximum - buffer.readableBytes
+                let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { space in
+                    guard let base = space.baseAddress else { return 0 }
+                    while true {
+                        let got = Foundation.read(descriptor, base, min(space.count, wanted))
+                        if got < 0 && errno == EINTR { continue }
+                        guard got >= 0 else { throw POSIXFailure(operation: "read") }
+                        return got
+                    }
+                }
+                if count == 0 { break }
+            }
+            return buffer.readableBytes > 0 ? buffer : nil
+        }
+    }
+
+    func close() async throws {
+        guard ownsDescriptor else { return }
+        let descriptor = self.descriptor
+        try await NIOThreadPool.singleton.runIfActive { _ = Foundation.close(descriptor) }
+    }
+}
+
+struct POSIXFailure: Error, CustomStringConvertible {
+    let operation: String
+    let code = errno
+    var description: String { "\(operation): \(String(cString: strerror(code)))" }
+}
+
+enum Transfer {
+    /// Runs `produce` on consecutive chunks with up to `window` in flight, consuming results in order.
+    static func pipelined(
+        offset: UInt64, length: UInt64, chunk: Int, window: Int,
+        produce: @escaping @Sendable (UInt64, Int) async throws -> ByteBuffer,
+        consume: (ByteBuffer) async throws -> Void
+    ) async throws {
+        var next = offset
+        let end = offset + length
+        var running: [Task<ByteBuffer, any Error>] = []
+        func launch() {
+            let size = Int(min(UInt64(chunk), end - next))
+            let at = next
+            running.append(Task { try await produce(at, size) })
+            next += UInt64(size)
+        }
+        while next < end && running.count < window { launch() }
+        while !running.isEmpty {
+            let buffer = try await running.removeFirst().value
+            if next < end { launch() }
+            try await consume(buffer)
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, shown only when stderr is a terminal.
+final class ProgressBar: @unchecked Sendable {
+    // Touched only from the command's own task, one call at a time.
+    private let enabled: Bool
+    private let total: UInt64?
+    private var done: UInt64 = 0
+    private var lastDrawn: UInt64 = 0
+    private let started = Date()
+
+    init(enabled: Bool, total: UInt64?) {
+        self.enabled = enabled && isatty(2) == 1
+        self.total = total
+    }
+
+    func advance(by count: UInt64) {
+        done += count
+        guard enabled, done - lastDrawn >= 1 << 20 || done == total else { return }
+        lastDrawn = done
+        draw()
+    }
+
+    func finish() {
+        guard enabled else { return }
+        draw()
+        StandardStreams.writeError("\n")
+    }
+
+    private func draw() {
+        let seconds = max(Date().timeIntervalSince(started), 0.001)
+        let rate = Double(done) / seconds / 1_048_576
+        let width = 30
+        if let total, total > 0 {
+            let fraction = min(1, Double(done) / Double(total))
+            let filled = Int(fraction * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
+            StandardStreams.writeError(String(format: "\r[%@] %3.0f%% %.1f MiB/s", bar, fraction * 100, rate))
+        } else {
+            StandardStreams.writeError(String(format: "\r%.1f MiB %.1f MiB/s", Double(done) / 1_048_576, rate))
+        }
+    }
+}
