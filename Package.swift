@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
         .library(name: "NBDClient", targets: ["NBDClient"]),
         .executable(name: "nbd", targets: ["nbd"]),
+        .executable(name: "nbd-bench", targets: ["nbd-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -51,6 +52,16 @@ let package = Package(
             ],
             swiftSettings: strictSwift6
         ),
+        .executableTarget(
+            name: "nbd-bench",
+            dependencies: [
+                "NBDClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift6
+        ),
         .testTarget(
             name: "NBDProtocolTests",
             dependencies: ["NBDProtocol", .product(name: "NIOCore", package: "swift-nio")],
@@ -60,6 +71,7 @@ let package = Package(
             name: "NBDClientTests",
             dependencies: [
                 "NBDClient",
+                "NBDProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

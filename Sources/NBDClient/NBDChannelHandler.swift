@@ -256,17 +256,18 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Records a structured READ chunk's range, refusing overlaps (a server must not send them).
+    /// Records a structured READ chunk's range, refusing any overlap (a server must not send
+    /// them): with no overlap and every chunk inside the request, byte counts prove coverage.
     private func cover(_ cookie: UInt64, offset: UInt64, length: UInt64) throws(NBDError) {
         guard decoder.structuredReplies, var entry = inFlight[cookie] else { return }
         let range = offset..<(offset + length)
+        guard !entry.covered.contains(where: { $0.overlaps(range) }) else {
+            throw .violation("overlapping read chunks at offset \(offset)")
+        }
         if let last = entry.covered.last, last.upperBound == range.lowerBound {
             // Data streamed in pieces: extend the previous range.
             entry.covered[entry.covered.count - 1] = last.lowerBound..<range.upperBound
         } else {
-            guard !entry.covered.contains(where: { $0.overlaps(range) }) else {
-                throw .violation("overlapping read chunks at offset \(offset)")
-            }
             entry.covered.append(range)
         }
         inFlight[cookie] = entry

@@ -344,6 +344,9 @@ public struct NBDHandshakeStateMachine: Sendable {
                 guard payload.readableBytes == 10, let (size, flags) = payload.readMultipleIntegers(as: (UInt64, UInt16).self) else {
                     return fail(.violation("NBD_INFO_EXPORT of wrong length"))
                 }
+                guard size <= NBDWire.maximumExportSize else {
+                    return fail(.violation("export size \(size) exceeds \(NBDWire.maximumExportSize)"))
+                }
                 progress.size = size
                 progress.flags = NBDTransmissionFlags(rawValue: flags)
             case NBDInfoType.blockSize:
@@ -356,9 +359,9 @@ public struct NBDHandshakeStateMachine: Sendable {
                 }
                 progress.blockSize = blockSize
             case NBDInfoType.name:
-                guard let name = payload.readString(length: payload.readableBytes) else {
-                    return fail(.violation("NBD_INFO_NAME is not UTF-8"))
-                }
+                guard let bytes = payload.readBytes(length: payload.readableBytes),
+                      let name = String(validating: bytes, as: UTF8.self)
+                else { return fail(.violation("NBD_INFO_NAME is not UTF-8")) }
                 progress.canonicalName = name
             case NBDInfoType.description:
                 progress.exportDescription = payload.readString(length: payload.readableBytes) ?? ""
@@ -407,6 +410,9 @@ public struct NBDHandshakeStateMachine: Sendable {
               let (size, flags) = buffer.readMultipleIntegers(as: (UInt64, UInt16).self)
         else { return .wait }
         buffer.moveReaderIndex(forwardBy: length - 10)
+        guard size <= NBDWire.maximumExportSize else {
+            return fail(.violation("export size \(size) exceeds \(NBDWire.maximumExportSize)"))
+        }
         var progress = progress
         progress.flags = NBDTransmissionFlags(rawValue: flags)
         return negotiated(size: size, progress: progress)

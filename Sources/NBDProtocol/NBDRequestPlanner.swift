@@ -22,7 +22,15 @@ public struct NBDRequestPlanner: Hashable, Sendable {
     public func aligned(offset: UInt64, length: UInt64) -> Range<UInt64> {
         let minimum = UInt64(blockSize.minimum)
         let start = offset / minimum * minimum
-        let end = min((offset + length + minimum - 1) / minimum * minimum, exportSize)
+        // Rounded up without overflow: ranges near UInt64.max must not trap.
+        let (sum, overflow) = offset.addingReportingOverflow(length)
+        let last = overflow ? UInt64.max : sum
+        var roundedUp = last
+        if last % minimum != 0 {
+            let (product, productOverflow) = (last / minimum + 1).multipliedReportingOverflow(by: minimum)
+            roundedUp = productOverflow ? UInt64.max : product
+        }
+        let end = min(roundedUp, exportSize)
         return start..<end
     }
 
@@ -41,7 +49,7 @@ public struct NBDRequestPlanner: Hashable, Sendable {
         pieces.reserveCapacity(Int((UInt64(range.count) + step - 1) / step))
         var start = range.lowerBound
         while start < range.upperBound {
-            let end = min(start + step, range.upperBound)
+            let end = range.upperBound - start > step ? start + step : range.upperBound
             pieces.append(start..<end)
             start = end
         }

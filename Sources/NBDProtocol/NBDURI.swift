@@ -45,6 +45,7 @@ public struct NBDURI: Hashable, Sendable, CustomStringConvertible {
         default: throw invalid("unsupported scheme \"\(scheme)\"")
         }
 
+        if let hash = rest.firstIndex(of: "#") { rest = rest[..<hash] }
         var query: [String: String] = [:]
         if let questionMark = rest.firstIndex(of: "?") {
             for pair in rest[rest.index(after: questionMark)...].split(separator: "&") where !pair.isEmpty {
@@ -55,7 +56,6 @@ public struct NBDURI: Hashable, Sendable, CustomStringConvertible {
             }
             rest = rest[..<questionMark]
         }
-        if let hash = rest.firstIndex(of: "#") { rest = rest[..<hash] }
 
         let authority: Substring
         let path: Substring

@@ -20,6 +20,8 @@ public enum NBDWire {
     public static let defaultMaximumPayload: UInt32 = 32 << 20
     /// Largest option-reply or non-data structured chunk payload accepted, to bound allocation.
     public static let maximumMetadataPayload: UInt32 = 16 << 20
+    /// Largest export size accepted (as libnbd: offsets must fit a signed 64-bit integer).
+    public static let maximumExportSize = UInt64(Int64.max)
     /// Longest export name or description the protocol allows (4 KiB).
     public static let maximumStringLength = 4096
 }

@@ -1,0 +1,217 @@
+import Foundation
+import NIOCore
+import Synchronization
+import NIOPosix
+
+/// A real NBD server started for one test and stopped by PID when the test is done.
+final class TestServer: Sendable {
+    let uri: String
+    let pid: pid_t
+    let directory: URL
+
+    init(uri: String, pid: pid_t, directory: URL) {
+        self.uri = uri
+        self.pid = pid
+        self.directory = directory
+    }
+
+    /// Stops the server (SIGTERM to its PID) and removes its files.
+    func stop() {
+        kill(pid, SIGTERM)
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+private let handedOutPorts = Mutex<Set<Int>>([])
+
+enum Tools {
+    /// The absolute path of a command on PATH; a missing tool fails the test (CI installs them all).
+    static func path(_ name: String) throws -> String {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"] {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw TestFailure("\(name) is not installed (run .ci/run, which installs the test peers)")
+    }
+
+    /// Runs a command to completion without blocking the cooperative pool; returns its output.
+    ///
+    /// posix_spawn + waitpid on NIO's thread pool, with output going to files: Foundation's
+    /// Process waits for inherited descriptors to close, which a daemonising server never does.
+    @discardableResult
+    static func run(_ name: String, _ arguments: [String], check: Bool = true) async throws -> (status: Int32, stdout: Data, stderr: Data) {
+        let executable = name.hasPrefix("/") ? name : try path(name)
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let outPath = directory.appendingPathComponent("stdout").path
+        let errPath = directory.appendingPathComponent("stderr").path
+        let status = try await NIOThreadPool.singleton.runIfActive { () throws -> Int32 in
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            // The child must not inherit this process's blocked signals (SIGTERM would not stop it).
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            var emptyMask = sigset_t()
+            sigemptyset(&emptyMask)
+            var defaultSignals = sigset_t()
+            sigfillset(&defaultSignals)
+            posix_spawnattr_setsigmask(&attributes, &emptyMask)
+            posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+            var pid: pid_t = 0
+            let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+            guard spawned == 0 else { throw TestFailure("cannot run \(executable): error \(spawned)") }
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            // WIFEXITED / WEXITSTATUS, spelled out (the C macros are not imported).
+            return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+        let stdout = (try? Data(contentsOf: URL(fileURLWithPath: outPath))) ?? Data()
+        let stderr = (try? Data(contentsOf: URL(fileURLWithPath: errPath))) ?? Data()
+        if check && status != 0 {
+            throw TestFailure("\(name) \(arguments.joined(separator: " ")) exited \(status): \(String(decoding: stderr, as: UTF8.self))")
+        }
+        return (status, stdout, stderr)
+    }
+
+    static func temporaryDirectory() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-test-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// The PID a daemonised server wrote. The server is already listening when this is called
+    /// (its launcher exited after binding); nbdkit and nbd-server write the file just after
+    /// forking, so it may lag by a moment: this wait only learns the PID to stop it later.
+    static func readPID(_ url: URL) async throws -> pid_t {
+        for _ in 0..<1000 {
+            if let text = try? String(contentsOf: url, encoding: .utf8),
+               let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                return pid
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        throw TestFailure("no pid file at \(url.path)")
+    }
+
+    /// A TCP port that was free a moment ago (the kernel picks it), never handed out twice in
+    /// one test run (the kernel may offer a just-closed port again to the next caller).
+    static func freePort() async throws -> Int {
+        for _ in 0..<100 {
+            let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .bind(host: "127.0.0.1", port: 0).get()
+            let port = channel.localAddress?.port ?? 0
+            try await channel.close()
+            if handedOutPorts.withLock({ $0.insert(port).inserted }) { return port }
+        }
+        throw TestFailure("no free TCP port")
+    }
+}
+
+enum Servers {
+    /// nbdkit in the background on a Unix socket (or TCP when `tcp`); it returns once listening.
+    static func nbdkit(_ arguments: [String], tcp: Bool = false, exportName: String = "", extraOptions: [String] = []) async throws -> TestServer {
+        let directory = try Tools.temporaryDirectory()
+        let pidFile = directory.appendingPathComponent("nbdkit.pid")
+        if !tcp {
+            let socket = directory.appendingPathComponent("nbd.sock").path
+            // Without -f nbdkit forks once its socket is listening; the parent's exit is our signal.
+            try await Tools.run("nbdkit", ["-P", pidFile.path, "-U", socket] + extraOptions + arguments)
+            return TestServer(uri: "nbd+unix:///\(exportName)?socket=\(socket)", pid: try await Tools.readPID(pidFile), directory: directory)
+        }
+        // A port free a moment ago can be taken again before nbdkit binds it: try a few.
+        var uri = ""
+        for attempt in 1...5 {
+            let port = try await Tools.freePort()
+            let result = try await Tools.run("nbdkit", ["-P", pidFile.path, "-i", "127.0.0.1", "-p", String(port)] + extraOptions + arguments, check: attempt == 5)
+            if result.status == 0 {
+                uri = "nbd://127.0.0.1:\(port)/\(exportName)"
+                break
+            }
+        }
+        return TestServer(uri: uri, pid: try await Tools.readPID(pidFile), directory: directory)
+    }
+
+    /// qemu-nbd serving `image` (an --image-opts string when `imageOptions`), persistent, on a Unix socket.
+    static func qemuNBD(image: String, imageOptions: Bool = false, readOnly: Bool = false, format: String? = "raw") async throws -> TestServer {
+        let directory = try Tools.temporaryDirectory()
+        let pidFile = directory.appendingPathComponent("qemu-nbd.pid")
+        let socket = directory.appendingPathComponent("nbd.sock").path
+        // --shared: several clients at once (qemu-nbd serves one by default).
+        var arguments = ["--fork", "--pid-file=\(pidFile.path)", "-k", socket, "-t", "--shared=16"]
+        if readOnly { arguments.append("--read-only") }
+        if imageOptions {
+            arguments += ["--image-opts", image]
+        } else {
+            if let format { arguments += ["-f", format] }
+            arguments.append(image)
+        }
+        try await Tools.run("qemu-nbd", arguments)
+        return TestServer(uri: "nbd+unix:///?socket=\(socket)", pid: try await Tools.readPID(pidFile), directory: directory)
+    }
+
+    /// nbd-server with named exports (name → file), listing allowed or not, on a Unix socket.
+    static func nbdServer(exports: [(name: String, file: String, readOnly: Bool)], allowList: Bool) async throws -> TestServer {
+        let directory = try Tools.temporaryDirectory()
+        let socket = directory.appendingPathComponent("nbd.sock").path
+        let pidFile = directory.appendingPathComponent("nbd-server.pid")
+        var config = "[generic]\n    allowlist = \(allowList)\n    unixsock = \(socket)\n"
+        for export in exports {
+            config += "[\(export.name)]\n    exportname = \(export.file)\n    readonly = \(export.readOnly)\n"
+        }
+        let configFile = directory.appendingPathComponent("nbd-server.conf")
+        try config.write(to: configFile, atomically: true, encoding: .utf8)
+        // nbd-server forks after it set up its socket; the parent's exit is our signal.
+        try await Tools.run("nbd-server", ["-C", configFile.path, "-p", pidFile.path])
+        return TestServer(uri: "nbd+unix:///?socket=\(socket)", pid: try await Tools.readPID(pidFile), directory: directory)
+    }
+}
+
+/// Runs `body` with a server, always stopping the server afterwards.
+func withServer<T>(_ start: () async throws -> TestServer, _ body: (TestServer) async throws -> T) async throws -> T {
+    let server = try await start()
+    do {
+        let result = try await body(server)
+        server.stop()
+        return result
+    } catch {
+        server.stop()
+        throw error
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+func randomBytes(_ count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
+    var state = seed | 1
+    var bytes = [UInt8](repeating: 0, count: count)
+    for index in 0..<count {
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        bytes[index] = UInt8(truncatingIfNeeded: state)
+    }
+    return bytes
+}
+
+/// The bytes nbdkit's pattern plugin serves: each 8-byte word holds its own offset, big-endian.
+func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
+    (0..<length).map { index in
+        let position = offset + UInt64(index)
+        let word = position & ~7
+        let shift = (7 - (position & 7)) * 8
+        return UInt8(truncatingIfNeeded: word >> shift)
+    }
+}
