@@ -14,6 +14,7 @@ public final class NBDClient: Sendable {
     public let info: NBDExportInfo
     let channel: any Channel
     let limiter: NBDInFlightLimiter
+    let submitter: NBDRequestSubmitter
     let planner: NBDRequestPlanner
     let logger: Logger
 
@@ -24,6 +25,7 @@ public final class NBDClient: Sendable {
             maximumRequests: configuration.maximumRequestsInFlight,
             maximumBytes: configuration.maximumBytesInFlight
         )
+        self.submitter = NBDRequestSubmitter(channel: channel)
         self.planner = NBDRequestPlanner(exportSize: info.size, blockSize: info.blockSize)
         self.logger = logger
     }
@@ -242,9 +244,7 @@ public final class NBDClient: Sendable {
         let request = NBDCommandRequest(
             command: command, flags: flags, offset: offset, length: length, payload: payload, sink: sink, promise: promise
         )
-        channel.writeAndFlush(NBDChannelCommand.request(request)).whenFailure { error in
-            promise.fail(NBDError(.disconnected, "connection closed: \(error)", exportName: self.info.name))
-        }
+        submitter.submit(request)
         let limiter = self.limiter
         promise.futureResult.whenComplete { _ in limiter.release(bytes: bytes) }
         return promise.futureResult
