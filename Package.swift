@@ -11,6 +11,8 @@ let package = Package(
         .library(name: "NBDClient", targets: ["NBDClient"]),
         .executable(name: "nbd", targets: ["nbd"]),
         .executable(name: "nbd-bench", targets: ["nbd-bench"]),
+        .library(name: "NBDGateway", targets: ["NBDGateway"]),
+        .executable(name: "nbd-gateway", targets: ["nbd-gateway"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -18,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // Wire format, incremental decoders and state machines: no I/O.
@@ -62,6 +67,54 @@ let package = Package(
             ],
             swiftSettings: strictSwift6
         ),
+        // libmicrohttpd, through a shim for its variadic calls; only the gateway's adapter imports it.
+        .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
+        // The REST gateway: routes (no sockets), connection pools, streaming, the libmicrohttpd adapter.
+        .target(
+            name: "NBDGateway",
+            dependencies: [
+                "NBDClient",
+                "CMicroHTTPD",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSwift6
+        ),
+        .executableTarget(
+            name: "nbd-gateway",
+            dependencies: [
+                "NBDGateway",
+                "NBDClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            resources: [.copy("openapi.yaml")],
+            swiftSettings: strictSwift6
+        ),
+        // Starts real NBD servers and peer tools for the tests (by PID, on Unix sockets or free ports).
+        .target(
+            name: "NBDTestSupport",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "NBDGatewayTests",
+            dependencies: [
+                "NBDGateway",
+                "NBDTestSupport",
+                "NBDClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift6
+        ),
         .testTarget(
             name: "NBDProtocolTests",
             dependencies: ["NBDProtocol", .product(name: "NIOCore", package: "swift-nio")],
@@ -70,6 +123,7 @@ let package = Package(
         .testTarget(
             name: "NBDClientTests",
             dependencies: [
+                "NBDTestSupport",
                 "NBDClient",
                 "NBDProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),

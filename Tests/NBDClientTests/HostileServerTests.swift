@@ -1,3 +1,4 @@
+import NBDTestSupport
 import NBDClient
 import NBDProtocol
 import NIOCore

@@ -1,3 +1,4 @@
+import NBDTestSupport
 import Foundation
 import NBDClient
 import NBDProtocol

@@ -3,35 +3,37 @@ import NIOCore
 import Synchronization
 import NIOPosix
 
-/// A real NBD server started for one test and stopped by PID when the test is done.
-final class TestServer: Sendable {
-    let uri: String
-    let pid: pid_t
-    let directory: URL
+/// Test support: real NBD servers and peer tools for the test suites (not shipped in products).
 
-    init(uri: String, pid: pid_t, directory: URL) {
+/// A real NBD server started for one test and stopped by PID when the test is done.
+public final class TestServer: Sendable {
+    public let uri: String
+    public let pid: pid_t
+    public let directory: URL
+
+    public init(uri: String, pid: pid_t, directory: URL) {
         self.uri = uri
         self.pid = pid
         self.directory = directory
     }
 
     /// Stops the server (SIGTERM to its PID) and removes its files.
-    func stop() {
+    public func stop() {
         kill(pid, SIGTERM)
         try? FileManager.default.removeItem(at: directory)
     }
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct TestFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
 private let handedOutPorts = Mutex<Set<Int>>([])
 
-enum Tools {
+public enum Tools {
     /// The absolute path of a command on PATH; a missing tool fails the test (CI installs them all).
-    static func path(_ name: String) throws -> String {
+    public static func path(_ name: String) throws -> String {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for directory in path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"] {
             let candidate = "\(directory)/\(name)"
@@ -45,7 +47,7 @@ enum Tools {
     /// posix_spawn + waitpid on NIO's thread pool, with output going to files: Foundation's
     /// Process waits for inherited descriptors to close, which a daemonising server never does.
     @discardableResult
-    static func run(_ name: String, _ arguments: [String], check: Bool = true) async throws -> (status: Int32, stdout: Data, stderr: Data) {
+    public static func run(_ name: String, _ arguments: [String], check: Bool = true) async throws -> (status: Int32, stdout: Data, stderr: Data) {
         let executable = name.hasPrefix("/") ? name : try path(name)
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -87,7 +89,7 @@ enum Tools {
         return (status, stdout, stderr)
     }
 
-    static func temporaryDirectory() throws -> URL {
+    public static func temporaryDirectory() throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-test-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url
@@ -96,7 +98,7 @@ enum Tools {
     /// The PID a daemonised server wrote. The server is already listening when this is called
     /// (its launcher exited after binding); nbdkit and nbd-server write the file just after
     /// forking, so it may lag by a moment: this wait only learns the PID to stop it later.
-    static func readPID(_ url: URL) async throws -> pid_t {
+    public static func readPID(_ url: URL) async throws -> pid_t {
         for _ in 0..<1000 {
             if let text = try? String(contentsOf: url, encoding: .utf8),
                let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
@@ -109,7 +111,7 @@ enum Tools {
 
     /// A TCP port that was free a moment ago (the kernel picks it), never handed out twice in
     /// one test run (the kernel may offer a just-closed port again to the next caller).
-    static func freePort() async throws -> Int {
+    public static func freePort() async throws -> Int {
         for _ in 0..<100 {
             let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .bind(host: "127.0.0.1", port: 0).get()
@@ -121,9 +123,9 @@ enum Tools {
     }
 }
 
-enum Servers {
+public enum Servers {
     /// nbdkit in the background on a Unix socket (or TCP when `tcp`); it returns once listening.
-    static func nbdkit(_ arguments: [String], tcp: Bool = false, exportName: String = "", extraOptions: [String] = []) async throws -> TestServer {
+    public static func nbdkit(_ arguments: [String], tcp: Bool = false, exportName: String = "", extraOptions: [String] = []) async throws -> TestServer {
         let directory = try Tools.temporaryDirectory()
         let pidFile = directory.appendingPathComponent("nbdkit.pid")
         if !tcp {
@@ -146,7 +148,7 @@ enum Servers {
     }
 
     /// qemu-nbd serving `image` (an --image-opts string when `imageOptions`), persistent, on a Unix socket.
-    static func qemuNBD(image: String, imageOptions: Bool = false, readOnly: Bool = false, format: String? = "raw") async throws -> TestServer {
+    public static func qemuNBD(image: String, imageOptions: Bool = false, readOnly: Bool = false, format: String? = "raw") async throws -> TestServer {
         let directory = try Tools.temporaryDirectory()
         let pidFile = directory.appendingPathComponent("qemu-nbd.pid")
         let socket = directory.appendingPathComponent("nbd.sock").path
@@ -164,7 +166,7 @@ enum Servers {
     }
 
     /// nbd-server with named exports (name → file), listing allowed or not, on a Unix socket.
-    static func nbdServer(exports: [(name: String, file: String, readOnly: Bool)], allowList: Bool) async throws -> TestServer {
+    public static func nbdServer(exports: [(name: String, file: String, readOnly: Bool)], allowList: Bool) async throws -> TestServer {
         let directory = try Tools.temporaryDirectory()
         let socket = directory.appendingPathComponent("nbd.sock").path
         let pidFile = directory.appendingPathComponent("nbd-server.pid")
@@ -181,7 +183,7 @@ enum Servers {
 }
 
 /// Runs `body` with a server, always stopping the server afterwards.
-func withServer<T>(_ start: () async throws -> TestServer, _ body: (TestServer) async throws -> T) async throws -> T {
+public func withServer<T>(_ start: () async throws -> TestServer, _ body: (TestServer) async throws -> T) async throws -> T {
     let server = try await start()
     do {
         let result = try await body(server)
@@ -194,7 +196,7 @@ func withServer<T>(_ start: () async throws -> TestServer, _ body: (TestServer) 
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-func randomBytes(_ count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
+public func randomBytes(_ count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
     var state = seed | 1
     var bytes = [UInt8](repeating: 0, count: count)
     for index in 0..<count {
@@ -207,7 +209,7 @@ func randomBytes(_ count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] 
 }
 
 /// The bytes nbdkit's pattern plugin serves: each 8-byte word holds its own offset, big-endian.
-func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
+public func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
     (0..<length).map { index in
         let position = offset + UInt64(index)
         let word = position & ~7

@@ -1,0 +1,44 @@
+import NIOCore
+
+/// An HTTP response from a route handler.
+public struct GatewayResponse: Sendable {
+    public enum Body: Sendable {
+        case empty
+        /// A small body held in memory.
+        case bytes(ByteBuffer)
+        /// A large body produced while it is sent, `length` bytes long.
+        case stream(length: UInt64, ResponseBodyStream)
+    }
+
+    public var status: Int
+    public var headers: [(name: String, value: String)]
+    public var body: Body
+    /// For HEAD: the `Content-Length` a GET would have, sent without a body.
+    public var headLength: UInt64?
+
+    public init(status: Int, headers: [(name: String, value: String)] = [], body: Body = .empty, headLength: UInt64? = nil) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.headLength = headLength
+    }
+
+    /// A JSON response.
+    public static func json(_ status: Int, _ json: String, headers: [(name: String, value: String)] = []) -> GatewayResponse {
+        GatewayResponse(status: status, headers: [("Content-Type", "application/json")] + headers, body: .bytes(ByteBuffer(string: json)))
+    }
+
+    public func header(_ name: String) -> String? {
+        let wanted = name.lowercased()
+        return headers.first { $0.name.lowercased() == wanted }?.value
+    }
+
+    /// The body's length as it goes on the wire.
+    public var contentLength: UInt64 {
+        switch body {
+        case .empty: 0
+        case .bytes(let buffer): UInt64(buffer.readableBytes)
+        case .stream(let length, _): length
+        }
+    }
+}

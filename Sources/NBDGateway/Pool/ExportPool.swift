@@ -1,0 +1,196 @@
+import Logging
+import NBDClient
+import Synchronization
+
+/// How pools open and keep connections.
+public struct PoolSettings: Sendable {
+    /// Most connections per export (used only when the export has CAN_MULTI_CONN).
+    public var maximumConnections: Int
+    /// Client settings for every connection (timeouts, in-flight bounds, TLS).
+    public var client: NBDClientConfiguration
+    /// Connections unused this long are closed.
+    public var idleTimeout: Duration
+
+    public init(maximumConnections: Int = 4, client: NBDClientConfiguration = NBDClientConfiguration(), idleTimeout: Duration = .seconds(300)) {
+        self.maximumConnections = max(1, maximumConnections)
+        self.client = client
+        self.idleTimeout = idleTimeout
+    }
+}
+
+/// The negotiated NBD connections of one export: opened lazily, bounded, shared by many
+/// requests at once (each connection pipelines), replaced when broken, with backoff.
+///
+/// Consistency: without CAN_MULTI_CONN every request uses one connection, so a write
+/// acknowledged to one client is seen by every later read. With it, requests spread over up
+/// to `maximumConnections`, and writers flush before answering (a FLUSH on any connection
+/// makes acknowledged writes visible on all of them).
+public final class ExportPool: Sendable {
+    private struct Slot {
+        let client: NBDClient
+        var users = 0
+        var lastUsed: ContinuousClock.Instant
+    }
+
+    private struct State {
+        var slots: [Slot] = []
+        var opening = 0
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        var info: NBDExportInfo?
+        var consecutiveFailures = 0
+        var retryAt: ContinuousClock.Instant?
+        var lastError: NBDError?
+        var next = 0
+        var closed = false
+    }
+
+    public let name: String
+    public let uri: NBDURI
+    private let settings: PoolSettings
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    public init(name: String, uri: NBDURI, settings: PoolSettings, logger: Logger) {
+        self.name = name
+        self.uri = uri
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// What the pool's connections negotiated (opening one if none is open yet).
+    public func info() async throws -> NBDExportInfo {
+        try await withClient { $0.info }
+    }
+
+    /// The export info if a connection has negotiated already.
+    public var cachedInfo: NBDExportInfo? { state.withLock { $0.info } }
+
+    /// Runs `body` with a connection; the connection stays open (not idle) while it runs.
+    public func withClient<T: Sendable>(_ body: (NBDClient) async throws -> T) async throws -> T {
+        let (client, index) = try await acquire()
+        defer { release(client, index) }
+        return try await body(client)
+    }
+
+    private enum Step {
+        case use(NBDClient, Int)
+        case open
+        case wait
+        case fail(NBDError)
+    }
+
+    private func acquire() async throws -> (NBDClient, Int) {
+        while true {
+            let now = ContinuousClock.now
+            let step = state.withLock { state -> Step in
+                if state.closed { return .fail(NBDError(.disconnected, "the gateway is shutting down", exportName: name)) }
+                state.slots.removeAll { !$0.client.isActive && $0.users == 0 }
+                let live = state.slots.indices.filter { state.slots[$0].client.isActive }
+                let limit = state.info?.canMultiConn == true ? settings.maximumConnections : 1
+                if live.count + state.opening < limit && state.opening == 0 {
+                    if live.isEmpty, let retryAt = state.retryAt, now < retryAt, let error = state.lastError {
+                        return .fail(error)  // Backing off after failed connects.
+                    }
+                    state.opening += 1
+                    return .open
+                }
+                if !live.isEmpty {
+                    // Least busy connection, round-robin among equals.
+                    state.next &+= 1
+                    let rotated = live.indices.map { live[($0 + state.next) % live.count] }
+                    let index = rotated.min { state.slots[$0].users < state.slots[$1].users } ?? live[0]
+                    state.slots[index].users += 1
+                    state.slots[index].lastUsed = now
+                    return .use(state.slots[index].client, index)
+                }
+                return .wait
+            }
+            switch step {
+            case .use(let client, let index):
+                return (client, index)
+            case .fail(let error):
+                throw error
+            case .wait:
+                await withCheckedContinuation { continuation in
+                    let resumeNow = state.withLock { state -> Bool in
+                        guard state.opening > 0 else { return true }
+                        state.waiters.append(continuation)
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            case .open:
+                try await open()
+            }
+        }
+    }
+
+    private func open() async throws {
+        do {
+            let client = try await NBDClient.connect(to: uri, configuration: settings.client, logger: logger)
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.opening -= 1
+                state.info = client.info
+                state.consecutiveFailures = 0
+                state.retryAt = nil
+                state.lastError = nil
+                state.slots.append(Slot(client: client, lastUsed: .now))
+                defer { state.waiters.removeAll() }
+                return state.waiters
+            }
+            logger.debug("opened NBD connection", metadata: ["export": "\(name)", "uri": "\(uri)"])
+            waiters.forEach { $0.resume() }
+        } catch {
+            let nbdError = error as? NBDError ?? NBDError(.connectionFailed, "\(error)", exportName: name)
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.opening -= 1
+                state.consecutiveFailures += 1
+                // 50 ms, 100 ms, ... up to 5 s between connection attempts.
+                let delay = Duration.milliseconds(50 << min(state.consecutiveFailures - 1, 7))
+                state.retryAt = .now + min(delay, .seconds(5))
+                state.lastError = nbdError
+                defer { state.waiters.removeAll() }
+                return state.waiters
+            }
+            logger.warning("cannot open NBD connection", metadata: ["export": "\(name)", "error": "\(nbdError)"])
+            waiters.forEach { $0.resume() }
+            throw nbdError
+        }
+    }
+
+    private func release(_ client: NBDClient, _ index: Int) {
+        state.withLock { state in
+            // Slots may have moved: find the client by identity.
+            if let slot = state.slots.firstIndex(where: { $0.client === client }) {
+                state.slots[slot].users -= 1
+                state.slots[slot].lastUsed = .now
+            }
+        }
+    }
+
+    /// Whether a connection can be had right now (opens one if needed).
+    public func probe() async -> Bool {
+        (try? await info()) != nil
+    }
+
+    /// Closes connections idle for longer than the idle timeout.
+    public func closeIdle() async {
+        let now = ContinuousClock.now
+        let idle = state.withLock { state -> [NBDClient] in
+            let expired = state.slots.filter { $0.users == 0 && now - $0.lastUsed > settings.idleTimeout }
+            state.slots.removeAll { slot in expired.contains { $0.client === slot.client } }
+            return expired.map(\.client)
+        }
+        for client in idle { await client.disconnect() }
+    }
+
+    /// Disconnects every connection (they finish their in-flight requests first).
+    public func close() async {
+        let clients = state.withLock { state -> [NBDClient] in
+            state.closed = true
+            defer { state.slots.removeAll() }
+            return state.slots.map(\.client)
+        }
+        for client in clients { await client.disconnect() }
+    }
+}

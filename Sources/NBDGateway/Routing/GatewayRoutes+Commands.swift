@@ -1,0 +1,80 @@
+import NBDClient
+
+extension GatewayRoutes {
+    func extents(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        let offsetParameter = try number(request, "offset")
+        let lengthParameter = try number(request, "length")
+        let (pool, info, name) = try await open(route)
+        guard info.canBlockStatus else {
+            throw .notImplemented("export \"\(name)\" did not negotiate base:allocation", export: name)
+        }
+        let offset = offsetParameter ?? 0
+        if info.size == 0 && offsetParameter == nil && lengthParameter == nil {
+            return .json(200, #"{"offset":0,"length":0,"extents":[]}"#)
+        }
+        let length = lengthParameter ?? (info.size - min(offset, info.size))
+        guard length > 0 else { throw .invalidRange("length must be at least 1", export: name) }
+        guard offset < info.size, length <= info.size - offset else {
+            throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
+        }
+        let extents = try await withClient(pool, info) { try await $0.blockStatus(at: offset, length: length) }
+        let covered = extents.reduce(0) { $0 + $1.length }
+        let body = JSON.Value.object([
+            ("offset", .int(offset)),
+            ("length", .int(covered)),
+            ("extents", .array(extents.map {
+                .object([("offset", .int($0.offset)), ("length", .int($0.length)), ("hole", .bool($0.isHole)), ("zero", .bool($0.isZero))])
+            })),
+        ])
+        return .json(200, body.rendered)
+    }
+
+    func flush(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        let (pool, info, name) = try await open(route)
+        guard info.canFlush else { throw .notImplemented("export \"\(name)\" does not support flush", export: name) }
+        try await withClient(pool, info) { try await $0.flush() }
+        return .json(200, Self.operationJSON("flush", offset: 0, length: 0))
+    }
+
+    func trim(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        try await ranged(request, route: route, operation: "trim") { client, offset, length, fua, _ in
+            try await client.trim(at: offset, length: length, fua: fua)
+        }
+    }
+
+    func zero(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        try await ranged(request, route: route, operation: "zero") { client, offset, length, fua, fast in
+            try await client.writeZeroes(at: offset, length: length, fua: fua, fastZero: fast)
+        }
+    }
+
+    /// Trim and zero: `?offset=&length=` (length required), `fua`, and `fast` for zero.
+    private func ranged(
+        _ request: GatewayRequest, route: Route, operation: String,
+        _ body: @Sendable (NBDClient, UInt64, UInt64, Bool, Bool) async throws -> Void
+    ) async throws(GatewayError) -> GatewayResponse {
+        let offset = try number(request, "offset") ?? 0
+        guard let length = try number(request, "length") else {
+            throw .invalidRange("query parameter length is required")
+        }
+        guard length > 0 else { throw .invalidRange("length must be at least 1") }
+        let fua = try flag(request, "fua")
+        let fast = operation == "zero" ? try flag(request, "fast") : false
+        let (pool, info, name) = try await open(route)
+        try requireWritable(info, name)
+        let supported = operation == "trim" ? info.canTrim : info.canZero
+        guard supported else { throw .notImplemented("export \"\(name)\" does not support \(operation)", export: name) }
+        if fast && !info.canFastZero { throw .notImplemented("export \"\(name)\" does not support fast zero", export: name) }
+        guard offset <= info.size, length <= info.size - offset else {
+            throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
+        }
+        // Without FUA on the export, durability comes from a FLUSH afterwards.
+        let useFUA = fua && info.canFUA
+        let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
+        try await withClient(pool, info, writing: true) { client in
+            try await body(client, offset, length, useFUA, fast)
+            if flushAfter { try await client.flush() }
+        }
+        return .json(200, Self.operationJSON(operation, offset: offset, length: length))
+    }
+}

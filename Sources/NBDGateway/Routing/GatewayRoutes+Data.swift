@@ -1,0 +1,185 @@
+import NBDClient
+import NIOCore
+
+extension GatewayRoutes {
+    func dataOptions(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        let (_, info, _) = try await open(route)
+        let writable = !(settings.readOnly || info.isReadOnly)
+        var operations: [JSON.Value] = [.string("read")]
+        if writable { operations.append(.string("write")) }
+        if writable && info.canZero { operations.append(.string("zero")) }
+        if writable && info.canTrim { operations.append(.string("trim")) }
+        if info.canFlush { operations.append(.string("flush")) }
+        if info.canBlockStatus { operations.append(.string("extents")) }
+        let body = JSON.Value.object([
+            ("operations", .array(operations)),
+            ("size", .int(info.size)),
+            ("block_size", Self.blockSizeJSON(info)),
+            ("can_multi_conn", .bool(info.canMultiConn)),
+        ])
+        return .json(200, body.rendered, headers: [("Allow", route.allowed.joined(separator: ", "))])
+    }
+
+    func head(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        let (_, info, _) = try await open(route)
+        return GatewayResponse(status: 200, headers: Self.dataHeaders, headLength: info.size)
+    }
+
+    static let dataHeaders: [(name: String, value: String)] = [("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+
+    func get(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        let (pool, info, name) = try await open(route)
+        let size = info.size
+        switch ByteRanges.select(request.header("Range"), size: size) {
+        case .whole:
+            guard size > 0 else { return GatewayResponse(status: 200, headers: Self.dataHeaders, body: .bytes(ByteBuffer())) }
+            return GatewayResponse(status: 200, headers: Self.dataHeaders, body: .stream(length: size, stream(pool, [(0...(size - 1), nil)])))
+        case .single(let range):
+            let headers = Self.dataHeaders + [("Content-Range", "bytes \(range.lowerBound)-\(range.upperBound)/\(size)")]
+            return GatewayResponse(status: 206, headers: headers, body: .stream(length: UInt64(range.count), stream(pool, [(range, nil)])))
+        case .multiple(let ranges):
+            let boundary = Self.makeBoundary()
+            var parts: [(ClosedRange<UInt64>, ByteBuffer?)] = []
+            var length: UInt64 = 0
+            for range in ranges {
+                let header = ByteBuffer(string: "\r\n--\(boundary)\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes \(range.lowerBound)-\(range.upperBound)/\(size)\r\n\r\n")
+                length += UInt64(header.readableBytes) + UInt64(range.count)
+                parts.append((range, header))
+            }
+            let trailer = ByteBuffer(string: "\r\n--\(boundary)--\r\n")
+            length += UInt64(trailer.readableBytes)
+            let headers: [(name: String, value: String)] = [("Accept-Ranges", "bytes"), ("Content-Type", "multipart/byteranges; boundary=\(boundary)")]
+            return GatewayResponse(status: 206, headers: headers, body: .stream(length: length, stream(pool, parts, trailer: trailer)))
+        case .unsatisfiable:
+            throw .unsatisfiable("no requested range is inside the export (size \(size))", size: size, export: name)
+        case .tooMany:
+            throw .unsatisfiable("more than \(ByteRanges.maximumRanges) ranges", size: size, export: name, code: "too_many_ranges")
+        }
+    }
+
+    /// A body reading `parts` (each preceded by its multipart header, if any) on a pooled connection.
+    private func stream(_ pool: ExportPool, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
+        let chunkSize = settings.chunkSize
+        return ResponseBodyStream(highWater: 4 * chunkSize) { body in
+            try await pool.withClient { client in
+                for (range, header) in parts {
+                    if let header { try await body.write(header) }
+                    try await Self.pipelinedRead(client, range: range, chunkSize: chunkSize, window: 4) { try await body.write($0) }
+                }
+                if let trailer { try await body.write(trailer) }
+            }
+        }
+    }
+
+    /// Reads `range` in chunks with up to `window` reads in flight, handing them over in order.
+    static func pipelinedRead(
+        _ client: NBDClient, range: ClosedRange<UInt64>, chunkSize: Int, window: Int,
+        consume: (ByteBuffer) async throws -> Void
+    ) async throws {
+        let end = range.upperBound + 1
+        try await withThrowingTaskGroup(of: (Int, ByteBuffer).self) { group in
+            var nextOffset = range.lowerBound
+            var nextIndex = 0
+            var wanted = 0
+            var ready: [Int: ByteBuffer] = [:]
+            func launch() {
+                let offset = nextOffset
+                let length = Int(min(UInt64(chunkSize) - offset % UInt64(chunkSize), end - offset))
+                let index = nextIndex
+                group.addTask { (index, try await client.read(at: offset, length: length)) }
+                nextOffset += UInt64(length)
+                nextIndex += 1
+            }
+            while nextOffset < end && nextIndex < window { launch() }
+            while let (index, buffer) = try await group.next() {
+                ready[index] = buffer
+                while let buffer = ready.removeValue(forKey: wanted) {
+                    try await consume(buffer)
+                    wanted += 1
+                    if nextOffset < end { launch() }
+                }
+            }
+        }
+    }
+
+    static func makeBoundary() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return "nbd-gateway-" + String(generator.next(), radix: 16)
+    }
+
+    // MARK: - PUT
+
+    func beginPut(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> UploadDecision {
+        _ = try putSyntax(request)
+        let (pool, info, name) = try await open(route)
+        return try preparePut(request, pool: pool, info: info, name: name)
+    }
+
+    /// The PUT's query and headers, checked before anything else (400s).
+    private func putSyntax(_ request: GatewayRequest) throws(GatewayError) -> (fua: Bool, offset: UInt64?, contentRange: ByteRanges.ContentRange?, contentLength: UInt64?) {
+        let fua = try flag(request, "fua")
+        let offsetParameter = try number(request, "offset")
+        var contentRange: ByteRanges.ContentRange?
+        if let header = request.header("Content-Range") {
+            guard let parsed = ByteRanges.contentRange(header) else {
+                throw .invalidRange("Content-Range must be bytes a-b/*, bytes a-b/SIZE or bytes a-e/-1, not \"\(header)\"")
+            }
+            contentRange = parsed
+        }
+        var contentLength: UInt64?
+        if let header = request.header("Content-Length") {
+            guard let parsed = ByteRanges.decimal(Substring(header)) else { throw .badRequest("bad Content-Length \"\(header)\"") }
+            contentLength = parsed
+        }
+        return (fua, offsetParameter, contentRange, contentLength)
+    }
+
+    /// Decides a PUT once the export is known: permission (403), bounds (416), then the upload.
+    func preparePut(_ request: GatewayRequest, pool: ExportPool, info: NBDExportInfo, name: String) throws(GatewayError) -> UploadDecision {
+        let (fua, offsetParameter, contentRange, contentLength) = try putSyntax(request)
+        try requireWritable(info, name)
+        let size = info.size
+        if let contentRange, let offsetParameter, contentRange.first != offsetParameter {
+            throw .invalidRange("Content-Range starts at \(contentRange.first) but offset is \(offsetParameter)", export: name)
+        }
+        if let total = contentRange?.total, total != size {
+            throw .invalidRange("Content-Range declares size \(total), the export has \(size)", export: name)
+        }
+        var declared = contentRange?.length
+        if let contentLength {
+            if let rangeLength = declared, contentLength != rangeLength {
+                throw contentLength > rangeLength
+                    ? .payloadTooLarge("Content-Length \(contentLength) exceeds the \(rangeLength) bytes of Content-Range", export: name)
+                    : .invalidRange("Content-Length \(contentLength) is short of the \(rangeLength) bytes of Content-Range", export: name)
+            }
+            declared = contentLength
+        }
+        let offset = contentRange?.first ?? offsetParameter ?? 0
+        guard offset <= size, (declared ?? 0) <= size - offset else {
+            throw .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: name)
+        }
+        let useFUA = fua && info.canFUA
+        // A FLUSH makes the data durable (fua without FUA support) and, with several
+        // connections, visible on all of them before we answer.
+        let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
+        let session = UploadSession(
+            offset: offset, declaredLength: declared, exportName: name, exportSize: size,
+            chunkSize: settings.chunkSize, highWater: 8 * settings.chunkSize, spawn: spawn,
+            write: { chunkOffset, chunk in
+                try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }
+            },
+            complete: {
+                if flushAfter { try await pool.withClient { try await $0.flush() } }
+            }
+        )
+        let requestID = request.requestID
+        return .accept(session) { result in
+            switch result {
+            case .success(let length):
+                return .json(200, Self.operationJSON("write", offset: offset, length: length))
+            case .failure(let error):
+                return error.response(requestID: requestID)
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import NBDClient
+
+extension GatewayRoutes {
+    func listExports(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
+        let exports = try await catalog.list()
+        let body = JSON.Value.object([
+            ("exports", .array(exports.map { .object([("name", .string($0.name)), ("description", .string($0.description))]) })),
+        ])
+        return .json(200, body.rendered)
+    }
+
+    func readiness(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
+        let results = await catalog.readiness()
+        let down = results.filter { !$0.ready }
+        guard down.isEmpty else {
+            throw .unavailable("backend unreachable: \(down.map { "\($0.uri)" }.joined(separator: ", "))", code: "not_ready")
+        }
+        return .json(200, #"{"status":"ready"}"#)
+    }
+
+    func metadata(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
+        let (_, info, _) = try await open(route)
+        return .json(200, Self.metadataJSON(info).rendered)
+    }
+
+    static func blockSizeJSON(_ info: NBDExportInfo) -> JSON.Value {
+        let sizes = info.blockSize
+        return .object([("minimum", .int(UInt64(sizes.minimum))), ("preferred", .int(UInt64(sizes.preferred))), ("maximum", .int(UInt64(sizes.maximum)))])
+    }
+
+    /// The `ExportInfo` object (the same fields as `nbd info --json`).
+    static func metadataJSON(_ info: NBDExportInfo) -> JSON.Value {
+        let metadata = NBDExportMetadata(info)
+        return .object([
+            ("name", .string(metadata.name)),
+            ("description", .string(metadata.description)),
+            ("size", .int(metadata.size)),
+            ("read_only", .bool(metadata.readOnly)),
+            ("rotational", .bool(metadata.rotational)),
+            ("can_flush", .bool(metadata.canFlush)),
+            ("can_fua", .bool(metadata.canFua)),
+            ("can_trim", .bool(metadata.canTrim)),
+            ("can_zero", .bool(metadata.canZero)),
+            ("can_fast_zero", .bool(metadata.canFastZero)),
+            ("can_df", .bool(metadata.canDf)),
+            ("can_multi_conn", .bool(metadata.canMultiConn)),
+            ("can_cache", .bool(metadata.canCache)),
+            ("block_size", blockSizeJSON(info)),
+            ("contexts", .array(metadata.contexts.map { .string($0) })),
+            ("structured_replies", .bool(metadata.structuredReplies)),
+        ])
+    }
+
+    static func operationJSON(_ operation: String, offset: UInt64, length: UInt64) -> String {
+        JSON.Value.object([("operation", .string(operation)), ("offset", .int(offset)), ("length", .int(length))]).rendered
+    }
+}

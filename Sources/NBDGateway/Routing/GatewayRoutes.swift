@@ -1,0 +1,195 @@
+import Logging
+import Metrics
+import NBDClient
+import NIOCore
+
+/// What the HTTP adapter calls: plain request → response logic, testable without sockets.
+public protocol GatewayHTTPHandler: Sendable {
+    /// Answers a request that carries no body the gateway reads.
+    func respond(to request: GatewayRequest) async -> GatewayResponse
+    /// Decides on a PUT before its body is read: refuse it, or stream it into an upload.
+    func beginUpload(_ request: GatewayRequest) async -> UploadDecision
+    /// The same decision without waiting, when everything it needs is known already; nil otherwise.
+    func decideUploadImmediately(_ request: GatewayRequest) -> UploadDecision?
+}
+
+/// A PUT's fate, decided from its headers alone.
+public enum UploadDecision: Sendable {
+    case reject(GatewayResponse)
+    case accept(UploadSession, respond: @Sendable (Result<UInt64, GatewayError>) -> GatewayResponse)
+}
+
+/// The gateway's routes over an export catalog.
+public struct GatewayRoutes: GatewayHTTPHandler {
+    public struct Settings: Sendable {
+        /// Refuse every write, whatever the exports allow.
+        public var readOnly: Bool
+        /// The contract served at /openapi.yaml.
+        public var openAPIDocument: String
+        /// The Prometheus text served at /metrics.
+        public var metricsText: @Sendable () async -> String
+        /// Size of each NBD read while streaming a GET, and of each write chunk of a PUT.
+        public var chunkSize: Int
+
+        public init(readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" }, chunkSize: Int = 1 << 20) {
+            self.readOnly = readOnly
+            self.openAPIDocument = openAPIDocument
+            self.metricsText = metricsText
+            self.chunkSize = chunkSize
+        }
+    }
+
+    let catalog: ExportCatalog
+    let settings: Settings
+    /// Starts background work tied to a response (streaming bodies, upload writes).
+    let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
+    let logger: Logger
+
+    public init(catalog: ExportCatalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
+        self.catalog = catalog
+        self.settings = settings
+        self.spawn = spawn
+        self.logger = logger
+    }
+
+    public func respond(to request: GatewayRequest) async -> GatewayResponse {
+        let started = ContinuousClock.now
+        var response: GatewayResponse
+        do {
+            response = try await route(request)
+        } catch {
+            response = error.response(requestID: request.requestID)
+        }
+        record(request, response, since: started)
+        return response
+    }
+
+    public func beginUpload(_ request: GatewayRequest) async -> UploadDecision {
+        do {
+            guard let route = Route.parse(request.rawPath) else { throw GatewayError.notFound(request.rawPath) }
+            guard case .data = route else {
+                throw GatewayError.methodNotAllowed(request.method, allow: route.allowed)
+            }
+            return try await beginPut(request, route: route)
+        } catch {
+            let response = error.response(requestID: request.requestID)
+            record(request, response, since: .now)
+            return .reject(response)
+        }
+    }
+
+    public func decideUploadImmediately(_ request: GatewayRequest) -> UploadDecision? {
+        do {
+            guard let route = Route.parse(request.rawPath) else { throw GatewayError.notFound(request.rawPath) }
+            guard case .data = route else { throw GatewayError.methodNotAllowed(request.method, allow: route.allowed) }
+            let name = try route.exportName() ?? ""
+            guard let pool = catalog.cachedPool(for: name), let info = pool.cachedInfo else { return nil }
+            return try preparePut(request, pool: pool, info: info, name: name)
+        } catch {
+            let response = error.response(requestID: request.requestID)
+            record(request, response, since: .now)
+            return .reject(response)
+        }
+    }
+
+    private func route(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
+        guard let route = Route.parse(request.rawPath) else { throw .notFound(request.rawPath) }
+        let method = request.method == "HEAD" && route.allowed.contains("GET") ? "HEAD" : request.method
+        guard route.allowed.contains(method) else { throw .methodNotAllowed(request.method, allow: route.allowed) }
+        switch route {
+        case .exports: return try await listExports(request)
+        case .health: return .json(200, #"{"status":"ok"}"#)
+        case .ready: return try await readiness(request)
+        case .metrics:
+            return GatewayResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                   body: .bytes(ByteBuffer(string: await settings.metricsText())))
+        case .openAPI:
+            return GatewayResponse(status: 200, headers: [("Content-Type", "application/yaml")], body: .bytes(ByteBuffer(string: settings.openAPIDocument)))
+        case .export: return try await metadata(request, route: route)
+        case .data:
+            switch method {
+            case "OPTIONS": return try await dataOptions(request, route: route)
+            case "HEAD": return try await head(request, route: route)
+            default: return try await get(request, route: route)
+            }
+        case .extents: return try await extents(request, route: route)
+        case .flush: return try await flush(request, route: route)
+        case .trim: return try await trim(request, route: route)
+        case .zero: return try await zero(request, route: route)
+        }
+    }
+
+    // MARK: - Shared steps
+
+    /// The export's pool and negotiated info, or the error that says why not.
+    func open(_ route: Route) async throws(GatewayError) -> (ExportPool, NBDExportInfo, String) {
+        let name = try route.exportName() ?? ""
+        let pool = try await catalog.pool(for: name)
+        do {
+            return (pool, try await pool.info(), name)
+        } catch let error as NBDError {
+            throw GatewayError(error, export: name)
+        } catch {
+            throw .internalError("\(error)")
+        }
+    }
+
+    /// Runs NBD work on a pooled connection, turning NBD errors into HTTP ones.
+    func withClient<T: Sendable>(_ pool: ExportPool, _ info: NBDExportInfo, writing: Bool = false, _ body: (NBDClient) async throws -> T) async throws(GatewayError) -> T {
+        do {
+            return try await pool.withClient(body)
+        } catch let error as NBDError {
+            throw GatewayError(error, export: pool.name, exportSize: info.size, writing: writing)
+        } catch let error as GatewayError {
+            throw error
+        } catch {
+            throw .internalError("\(error)")
+        }
+    }
+
+    func requireWritable(_ info: NBDExportInfo, _ name: String) throws(GatewayError) {
+        if settings.readOnly || info.isReadOnly { throw .readOnly(name) }
+    }
+
+    /// Parses a 0/1 flag.
+    func flag(_ request: GatewayRequest, _ name: String) throws(GatewayError) -> Bool {
+        switch request.queryValue(name) {
+        case nil, "0": return false
+        case "1": return true
+        case let value?: throw .badRequest("query parameter \(name) must be 0 or 1, not \"\(value)\"")
+        }
+    }
+
+    /// Parses a non-negative integer query parameter.
+    func number(_ request: GatewayRequest, _ name: String) throws(GatewayError) -> UInt64? {
+        guard let text = request.queryValue(name) else { return nil }
+        guard let value = ByteRanges.decimal(Substring(text)) else {
+            throw .invalidRange("query parameter \(name) must be a non-negative integer below 2^63, not \"\(text)\"")
+        }
+        return value
+    }
+
+    private func record(_ request: GatewayRequest, _ response: GatewayResponse, since started: ContinuousClock.Instant) {
+        Counter(label: "nbd_gateway_requests_total", dimensions: [("method", request.method), ("status", String(response.status))]).increment()
+        Timer(label: "nbd_gateway_request_duration_seconds", dimensions: [("method", request.method)]).recordInterval(since: started)
+        if response.status >= 500 {
+            logger.warning("request failed", metadata: ["request_id": "\(request.requestID)", "method": "\(request.method)", "path": "\(request.rawPath)", "status": "\(response.status)"])
+        }
+    }
+}
+
+extension Timer {
+    func recordInterval(since start: ContinuousClock.Instant) {
+        let elapsed = ContinuousClock.now - start
+        recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+    }
+}
+
+extension Error {
+    /// Any error as the contract's JSON error answer.
+    func response(requestID: String) -> GatewayResponse {
+        if let error = self as? GatewayError { return error.response(requestID: requestID) }
+        if let error = self as? NBDError { return GatewayError(error, export: nil).response(requestID: requestID) }
+        return GatewayError.internalError("\(self)").response(requestID: requestID)
+    }
+}

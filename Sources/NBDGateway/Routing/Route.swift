@@ -1,0 +1,70 @@
+import NBDClient
+
+/// The resources of the contract, recognised from the raw (still percent-encoded) path.
+enum Route: Equatable {
+    case exports
+    case export(String)
+    case data(String)
+    case extents(String)
+    case flush(String)
+    case trim(String)
+    case zero(String)
+    case health
+    case ready
+    case metrics
+    case openAPI
+
+    /// Methods each resource defines (the `Allow` header of a 405).
+    var allowed: [String] {
+        switch self {
+        case .data: ["GET", "HEAD", "PUT", "OPTIONS"]
+        case .flush, .trim, .zero: ["POST"]
+        default: ["GET", "HEAD"]
+        }
+    }
+
+    /// The export's name as sent (still percent-encoded).
+    var rawExportName: String? {
+        switch self {
+        case .export(let name), .data(let name), .extents(let name), .flush(let name), .trim(let name), .zero(let name): name
+        default: nil
+        }
+    }
+
+    /// The decoded export name; a 400 when it is not valid percent-encoded UTF-8 or too long.
+    func exportName() throws(GatewayError) -> String? {
+        guard let raw = rawExportName else { return nil }
+        guard let name = NBDURI.percentDecode(Substring(raw)) else {
+            throw .badRequest("the export name is not valid percent-encoded UTF-8")
+        }
+        guard name.utf8.count <= NBDWire.maximumStringLength else {
+            throw .badRequest("the export name is longer than \(NBDWire.maximumStringLength) bytes")
+        }
+        return name
+    }
+
+    /// Parses a raw path; `nil` is a 404. Names stay encoded until `exportName()`.
+    static func parse(_ rawPath: String) -> Route? {
+        switch rawPath {
+        case "/exports": return .exports
+        case "/healthz": return .health
+        case "/readyz": return .ready
+        case "/metrics": return .metrics
+        case "/openapi.yaml": return .openAPI
+        default: break
+        }
+        let segments = rawPath.split(separator: "/", omittingEmptySubsequences: false)
+        // "/exports/NAME[/RESOURCE]" splits into "", "exports", NAME[, RESOURCE].
+        guard segments.count >= 3, segments.count <= 4, segments[0].isEmpty, segments[1] == "exports" else { return nil }
+        let name = String(segments[2])
+        if segments.count == 3 { return .export(name) }
+        switch segments[3] {
+        case "data": return .data(name)
+        case "extents": return .extents(name)
+        case "flush": return .flush(name)
+        case "trim": return .trim(name)
+        case "zero": return .zero(name)
+        default: return nil
+        }
+    }
+}

@@ -1,0 +1,175 @@
+import NBDClient
+import NIOCore
+import Synchronization
+
+/// A PUT body streaming into NBD writes as it arrives, in bounded memory.
+///
+/// The server's thread offers the body in whatever pieces it receives; they are gathered
+/// into chunks cut at absolute multiples of `chunkSize` (so no two writes share a block and
+/// read-modify-write at the edges stays safe), and each chunk becomes a write as soon as it is
+/// full. While `highWater` bytes are waiting or in flight, the server's connection is suspended.
+public final class UploadSession: Sendable {
+    private struct State {
+        var staging: ByteBuffer?
+        var stagingOffset: UInt64
+        var received: UInt64 = 0
+        var pendingBytes = 0
+        var inFlight = 0
+        var error: GatewayError?
+        var readerSuspended = false
+        var wake: (@Sendable () -> Void)?
+        var drained: CheckedContinuation<Void, Never>?
+    }
+
+    public let offset: UInt64
+    /// Exact body length the request declared, if any.
+    public let declaredLength: UInt64?
+    /// Bytes the export has room for from `offset`.
+    public let limit: UInt64
+    private let exportName: String
+    private let exportSize: UInt64
+    private let chunkSize: Int
+    private let highWater: Int
+    private let write: @Sendable (UInt64, ByteBuffer) async throws -> Void
+    private let complete: @Sendable () async throws -> Void
+    private let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
+    private let state: Mutex<State>
+
+    public init(
+        offset: UInt64, declaredLength: UInt64?, exportName: String, exportSize: UInt64,
+        chunkSize: Int = 1 << 20, highWater: Int = 8 << 20,
+        spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void,
+        write: @escaping @Sendable (UInt64, ByteBuffer) async throws -> Void,
+        complete: @escaping @Sendable () async throws -> Void
+    ) {
+        self.offset = offset
+        self.declaredLength = declaredLength
+        self.limit = exportSize - min(offset, exportSize)
+        self.exportName = exportName
+        self.exportSize = exportSize
+        self.chunkSize = chunkSize
+        self.highWater = highWater
+        self.spawn = spawn
+        self.write = write
+        self.complete = complete
+        self.state = Mutex(State(stagingOffset: offset))
+    }
+
+    /// Sets how the server's connection is resumed after `offer` suspended it.
+    public func setWake(_ wake: @escaping @Sendable () -> Void) {
+        state.withLock { $0.wake = wake }
+    }
+
+    /// Takes body bytes (server thread). Calls `suspend` under the lock when too much is in
+    /// flight; the session wakes the connection when writes catch up.
+    public func offer(_ bytes: UnsafeRawBufferPointer, suspend: () -> Void) {
+        let ready = state.withLock { state -> [(UInt64, ByteBuffer)] in
+            guard state.error == nil else { return [] }  // Failed: the rest of the body is discarded.
+            let newTotal = state.received + UInt64(bytes.count)
+            if let declaredLength, newTotal > declaredLength {
+                state.error = .payloadTooLarge("the body is longer than the \(declaredLength) bytes declared", export: exportName)
+                return []
+            }
+            if newTotal > limit {
+                state.error = .unsatisfiable("the write passes the end of the export (size \(exportSize))", size: exportSize, export: exportName)
+                return []
+            }
+            state.received = newTotal
+            var chunks: [(UInt64, ByteBuffer)] = []
+            var consumed = 0
+            while consumed < bytes.count {
+                if state.staging == nil {
+                    let boundary = (state.stagingOffset / UInt64(chunkSize) + 1) * UInt64(chunkSize)
+                    state.staging = ByteBufferAllocator().buffer(capacity: Int(boundary - state.stagingOffset))
+                }
+                guard var staging = state.staging else { break }
+                state.staging = nil
+                let room = staging.writableBytes
+                let count = min(room, bytes.count - consumed)
+                staging.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[consumed..<(consumed + count)]))
+                consumed += count
+                if staging.writableBytes == 0 {
+                    chunks.append((state.stagingOffset, staging))
+                    state.stagingOffset += UInt64(staging.readableBytes)
+                } else {
+                    state.staging = staging
+                }
+            }
+            for chunk in chunks { state.pendingBytes += chunk.1.readableBytes }
+            state.inFlight += chunks.count
+            if state.pendingBytes >= highWater {
+                state.readerSuspended = true
+                suspend()
+            }
+            return chunks
+        }
+        for (chunkOffset, chunk) in ready { start(chunkOffset, chunk) }
+    }
+
+    private func start(_ chunkOffset: UInt64, _ chunk: ByteBuffer) {
+        spawn { [self] in
+            var failure: GatewayError?
+            do {
+                try await write(chunkOffset, chunk)
+            } catch let error as NBDError {
+                failure = GatewayError(error, export: exportName, exportSize: exportSize, writing: true)
+            } catch let error as GatewayError {
+                failure = error
+            } catch {
+                failure = .internalError("\(error)")
+            }
+            let (wake, drained) = state.withLock { state -> ((@Sendable () -> Void)?, CheckedContinuation<Void, Never>?) in
+                state.pendingBytes -= chunk.readableBytes
+                state.inFlight -= 1
+                if let failure, state.error == nil { state.error = failure }
+                var wake: (@Sendable () -> Void)?
+                if state.readerSuspended && (state.pendingBytes < highWater / 2 || state.error != nil) {
+                    state.readerSuspended = false
+                    wake = state.wake
+                }
+                var drained: CheckedContinuation<Void, Never>?
+                if state.inFlight == 0 {
+                    drained = state.drained
+                    state.drained = nil
+                }
+                return (wake, drained)
+            }
+            wake?()
+            drained?.resume()
+        }
+    }
+
+    /// The body ended: writes the last partial chunk, waits for every write, checks the
+    /// length, makes the data durable/visible as asked, and answers.
+    public func finish() async -> Result<UInt64, GatewayError> {
+        let last = state.withLock { state -> (UInt64, ByteBuffer)? in
+            guard state.error == nil, let staging = state.staging, staging.readableBytes > 0 else { return nil }
+            state.staging = nil
+            state.pendingBytes += staging.readableBytes
+            state.inFlight += 1
+            return (state.stagingOffset, staging)
+        }
+        if let last { start(last.0, last.1) }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.inFlight == 0 { return true }
+                state.drained = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+        let (received, error) = state.withLock { ($0.received, $0.error) }
+        if let error { return .failure(error) }
+        if let declaredLength, received < declaredLength {
+            return .failure(.invalidRange("the body has \(received) of the \(declaredLength) bytes declared", export: exportName))
+        }
+        do {
+            try await complete()
+        } catch let error as NBDError {
+            return .failure(GatewayError(error, export: exportName, exportSize: exportSize, writing: true))
+        } catch {
+            return .failure(.internalError("\(error)"))
+        }
+        return .success(received)
+    }
+}

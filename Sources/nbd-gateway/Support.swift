@@ -1,0 +1,88 @@
+import Foundation
+import Logging
+import NBDClient
+import NIOPosix
+
+enum ProcessEnvironment {
+    static var values: [String: String] { ProcessInfo.processInfo.environment }
+}
+
+enum OpenAPIDocument {
+    /// The contract, shipped as a resource (a link to the repository's openapi.yaml).
+    static var text: String {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
+              let text = try? String(contentsOf: url, encoding: .utf8)
+        else { return "" }
+        return text
+    }
+}
+
+/// The disk the gateway serves when given no backend: an nbdkit memory disk it starts on a
+/// private Unix socket and stops on exit (nbdkit also exits with its parent).
+struct EmbeddedDisk: Sendable {
+    let uri: NBDURI
+    let pid: pid_t
+    let directory: String
+
+    static func start(logger: Logger) async throws -> EmbeddedDisk {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-gateway-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let socket = directory + "/nbd.sock"
+        let arguments = ["nbdkit", "-f", "--exit-with-parent", "-U", socket, "memory", "size=1G"]
+        let pid = try spawn(arguments)
+        let uri = NBDURI(transport: .unix(path: socket))
+        // nbdkit listens a moment after it starts: try until it answers (bounded).
+        var lastError: (any Error)?
+        for _ in 0..<250 {
+            do {
+                let client = try await NBDClient.connect(to: uri)
+                await client.disconnect()
+                logger.info("started embedded nbdkit memory disk", metadata: ["pid": "\(pid)", "socket": "\(socket)"])
+                return EmbeddedDisk(uri: uri, pid: pid, directory: directory)
+            } catch {
+                lastError = error
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        kill(pid, SIGTERM)
+        throw lastError ?? NBDError(.connectionFailed, "embedded nbdkit did not start")
+    }
+
+    func stop() async {
+        kill(pid, SIGTERM)
+        let pid = self.pid
+        _ = try? await NIOThreadPool.singleton.runIfActive {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// posix_spawn with default signal handling (this process blocks signals on its threads).
+    private static func spawn(_ arguments: [String]) throws -> pid_t {
+        let candidates: [String] = ["/usr/bin/nbdkit", "/usr/sbin/nbdkit", "/usr/local/bin/nbdkit"]
+        let path = candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let path else { throw NBDError(.connectionFailed, "nbdkit is not installed (scripts/install-deps installs it)") }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        var defaultSignals = sigset_t()
+        sigfillset(&defaultSignals)
+        posix_spawnattr_setsigmask(&attributes, &emptyMask)
+        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, path, nil, &attributes, argv, environ)
+        guard result == 0 else { throw NBDError(.connectionFailed, "cannot start nbdkit: error \(result)") }
+        return pid
+    }
+}
+
+enum StandardOutput {
+    /// Makes the "listening on" line visible at once when stdout is a pipe.
+    static func flush() { fflush(nil) }  // nil flushes every output stream, stdout included.
+}
