@@ -25,6 +25,9 @@ extension GatewayRoutes {
         return GatewayResponse(status: 200, headers: Self.dataHeaders, headLength: info.size)
     }
 
+    /// Ranges up to this size are answered from memory instead of streamed.
+    static let inlineBodyLimit = 256 << 10
+
     static let dataHeaders: [(name: String, value: String)] = [("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
 
     func get(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
@@ -36,6 +39,11 @@ extension GatewayRoutes {
             return GatewayResponse(status: 200, headers: Self.dataHeaders, body: .stream(length: size, stream(pool, [(0...(size - 1), nil)])))
         case .single(let range):
             let headers = Self.dataHeaders + [("Content-Range", "bytes \(range.lowerBound)-\(range.upperBound)/\(size)")]
+            if range.count <= Self.inlineBodyLimit {
+                // Small ranges are read before answering: one round trip, and errors keep their status.
+                let bytes = try await withClient(pool, info) { try await $0.read(at: range.lowerBound, length: range.count) }
+                return GatewayResponse(status: 206, headers: headers, body: .bytes(bytes))
+            }
             return GatewayResponse(status: 206, headers: headers, body: .stream(length: UInt64(range.count), stream(pool, [(range, nil)])))
         case .multiple(let ranges):
             let boundary = Self.makeBoundary()

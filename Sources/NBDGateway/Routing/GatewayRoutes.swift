@@ -65,17 +65,23 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     }
 
     public func beginUpload(_ request: GatewayRequest) async -> UploadDecision {
-        do {
-            guard let route = Route.parse(request.rawPath) else { throw GatewayError.notFound(request.rawPath) }
-            guard case .data = route else {
-                throw GatewayError.methodNotAllowed(request.method, allow: route.allowed)
-            }
-            return try await beginPut(request, route: route)
-        } catch {
+        let decision: Result<UploadDecision, GatewayError> = await Result(catching: { () async throws(GatewayError) -> UploadDecision in
+            try await uploadDecision(request)
+        })
+        switch decision {
+        case .success(let decision):
+            return decision
+        case .failure(let error):
             let response = error.response(requestID: request.requestID)
             record(request, response, since: .now)
             return .reject(response)
         }
+    }
+
+    private func uploadDecision(_ request: GatewayRequest) async throws(GatewayError) -> UploadDecision {
+        guard let route = Route.parse(request.rawPath) else { throw .notFound(request.rawPath) }
+        guard case .data = route else { throw .methodNotAllowed(request.method, allow: route.allowed) }
+        return try await beginPut(request, route: route)
     }
 
     public func decideUploadImmediately(_ request: GatewayRequest) -> UploadDecision? {
@@ -191,5 +197,16 @@ extension Error {
         if let error = self as? GatewayError { return error.response(requestID: requestID) }
         if let error = self as? NBDError { return GatewayError(error, export: nil).response(requestID: requestID) }
         return GatewayError.internalError("\(self)").response(requestID: requestID)
+    }
+}
+
+extension Result {
+    /// The outcome of an async throwing body, as a value.
+    init(catching body: () async throws(Failure) -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
     }
 }

@@ -1,5 +1,7 @@
 import Logging
 import NBDClient
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
 /// Everything the gateway is configured with.
@@ -38,13 +40,24 @@ public final class GatewayService: Service {
     }
 
     public func run() async throws {
+        // Every NBD connection and every job share one event loop: a request's handler, its NBD
+        // requests and their replies then run on one thread, with no hop per NBD request.
+        let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
+        var poolSettings = configuration.pool
+        poolSettings.client.eventLoopGroup = eventLoop
+        try await withTaskExecutorPreference(NBDEventLoopExecutor(eventLoop: eventLoop)) {
+            try await serve(poolSettings)
+        }
+    }
+
+    private func serve(_ poolSettings: PoolSettings) async throws {
         let (jobs, queue) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
         let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void = { job in queue.yield(job) }
-        let catalog = ExportCatalog(exports: configuration.exports, backends: configuration.backends, settings: configuration.pool, logger: logger)
+        let catalog = ExportCatalog(exports: configuration.exports, backends: configuration.backends, settings: poolSettings, logger: logger)
         let routes = GatewayRoutes(catalog: catalog, settings: configuration.routes, spawn: spawn, logger: logger)
         let server = try MicroHTTPDServer(configuration: configuration.http, handler: routes, spawn: spawn, logger: logger)
         onListening(server.port)
-        let idleTimeout = configuration.pool.idleTimeout
+        let idleTimeout = poolSettings.idleTimeout
 
         await withDiscardingTaskGroup { group in
             group.addTask {

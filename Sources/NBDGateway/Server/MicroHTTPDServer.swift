@@ -26,7 +26,7 @@ public struct HTTPServerConfiguration: Sendable {
     /// Largest request header section accepted (answered 431 above it).
     public var maximumHeaderBytes: Int
 
-    public init(host: String = "127.0.0.1", port: Int = 8080, threads: Int = 2, connectionMemoryLimit: Int = 1 << 20, connectionTimeout: Int = 120, maximumHeaderBytes: Int = 16 << 10) {
+    public init(host: String = "127.0.0.1", port: Int = 8080, threads: Int = 2, connectionMemoryLimit: Int = 256 << 10, connectionTimeout: Int = 120, maximumHeaderBytes: Int = 16 << 10) {
         self.host = host
         self.port = port
         self.threads = threads
@@ -382,7 +382,7 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
         } else {
             stream = body
             context.stream = body
-            let blockSize = max(4096, core.configuration.connectionMemoryLimit / 4)
+            let blockSize = max(4096, core.configuration.connectionMemoryLimit / 2)
             mhdResponse = MHD_create_response_from_callback(
                 length, blockSize, readBody, Unmanaged.passRetained(context).toOpaque(), releaseContext
             )
