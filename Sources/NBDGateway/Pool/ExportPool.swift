@@ -67,19 +67,19 @@ public final class ExportPool: Sendable {
 
     /// Runs `body` with a connection; the connection stays open (not idle) while it runs.
     public func withClient<T: Sendable>(_ body: (NBDClient) async throws -> T) async throws -> T {
-        let (client, index) = try await acquire()
-        defer { release(client, index) }
+        let client = try await acquire()
+        defer { release(client) }
         return try await body(client)
     }
 
     private enum Step {
-        case use(NBDClient, Int)
+        case use(NBDClient)
         case open
         case wait
         case fail(NBDError)
     }
 
-    private func acquire() async throws -> (NBDClient, Int) {
+    private func acquire() async throws -> NBDClient {
         while true {
             let now = ContinuousClock.now
             let step = state.withLock { state -> Step in
@@ -95,19 +95,19 @@ public final class ExportPool: Sendable {
                     return .open
                 }
                 if !live.isEmpty {
-                    // Least busy connection, round-robin among equals.
+                    // Least busy connection, starting the scan at a rotating index among equals.
                     state.next &+= 1
-                    let rotated = live.indices.map { live[($0 + state.next) % live.count] }
-                    let index = rotated.min { state.slots[$0].users < state.slots[$1].users } ?? live[0]
-                    state.slots[index].users += 1
-                    state.slots[index].lastUsed = now
-                    return .use(state.slots[index].client, index)
+                    var best = live[state.next % live.count]
+                    for index in live where state.slots[index].users < state.slots[best].users { best = index }
+                    state.slots[best].users += 1
+                    state.slots[best].lastUsed = now
+                    return .use(state.slots[best].client)
                 }
                 return .wait
             }
             switch step {
-            case .use(let client, let index):
-                return (client, index)
+            case .use(let client):
+                return client
             case .fail(let error):
                 throw error
             case .wait:
@@ -158,7 +158,7 @@ public final class ExportPool: Sendable {
         }
     }
 
-    private func release(_ client: NBDClient, _ index: Int) {
+    private func release(_ client: NBDClient) {
         state.withLock { state in
             // Slots may have moved: find the client by identity.
             if let slot = state.slots.firstIndex(where: { $0.client === client }) {

@@ -44,6 +44,7 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     /// Starts background work tied to a response (streaming bodies, upload writes).
     let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
     let logger: Logger
+    let metrics = GatewayMetrics()
 
     public init(catalog: ExportCatalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
         self.catalog = catalog
@@ -131,6 +132,8 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     func open(_ route: Route) async throws(GatewayError) -> (ExportPool, NBDExportInfo, String) {
         let name = try route.exportName() ?? ""
         let pool = try await catalog.pool(for: name)
+        // Negotiated already: the flags and size do not change while the export is served.
+        if let info = pool.cachedInfo { return (pool, info, name) }
         do {
             return (pool, try await pool.info(), name)
         } catch let error as NBDError {
@@ -176,8 +179,8 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     }
 
     private func record(_ request: GatewayRequest, _ response: GatewayResponse, since started: ContinuousClock.Instant) {
-        Counter(label: "nbd_gateway_requests_total", dimensions: [("method", request.method), ("status", String(response.status))]).increment()
-        Timer(label: "nbd_gateway_request_duration_seconds", dimensions: [("method", request.method)]).recordInterval(since: started)
+        metrics.requests(method: request.method, status: response.status).increment()
+        metrics.duration(method: request.method).recordInterval(since: started)
         if response.status >= 500 {
             logger.warning("request failed", metadata: ["request_id": "\(request.requestID)", "method": "\(request.method)", "path": "\(request.rawPath)", "status": "\(response.status)"])
         }
