@@ -57,6 +57,28 @@ struct NBDKitTests {
         }
     }
 
+    @Test("nbdkit's file plugin: what the client writes is in the file, byte for byte")
+    func filePlugin() async throws {
+        let directory = try Tools.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("disk.img")
+        var expected = randomBytes(4 << 20, seed: 41)
+        try Data(expected).write(to: file)
+        try await withServer({ try await Servers.nbdkit(["file", file.path]) }) { server in
+            let client = try await NBDClient.connect(to: server.uri)
+            #expect(client.size == 4 << 20)
+            let patch = randomBytes(1_234_567, seed: 42)
+            try await client.write(at: 999_999, bytes: patch, fua: true)
+            expected.replaceSubrange(999_999..<(999_999 + patch.count), with: patch)
+            try await client.trim(at: 0, length: 0 + 4096)  // Advisory: contents may or may not change.
+            try await client.flush()
+            let onDisk = try Data(contentsOf: file)
+            #expect(onDisk[999_999..<(999_999 + patch.count)] == Data(patch))
+            #expect(Array(buffer: try await client.read(at: 999_000, length: 3_000_000)) == Array(expected[999_000..<3_999_000]))
+            await client.disconnect()
+        }
+    }
+
     @Test("Reads the pattern plugin's known bytes, large reads pipelined")
     func patternRead() async throws {
         try await withServer({ try await Servers.nbdkit(["pattern", "size=64M"]) }) { server in

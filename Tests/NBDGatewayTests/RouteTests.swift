@@ -1,0 +1,72 @@
+@testable import NBDGateway
+import Testing
+
+@Suite("Route: raw paths to resources (pure)")
+struct RouteTests {
+    @Test("fixed resources and export resources parse; names stay percent-encoded")
+    func parses() {
+        #expect(Route.parse("/exports") == .exports)
+        #expect(Route.parse("/healthz") == .health)
+        #expect(Route.parse("/readyz") == .ready)
+        #expect(Route.parse("/metrics") == .metrics)
+        #expect(Route.parse("/openapi.yaml") == .openAPI)
+        #expect(Route.parse("/exports/disk") == .export("disk"))
+        #expect(Route.parse("/exports/disk/data") == .data("disk"))
+        #expect(Route.parse("/exports/disk/extents") == .extents("disk"))
+        #expect(Route.parse("/exports/disk/flush") == .flush("disk"))
+        #expect(Route.parse("/exports/disk/trim") == .trim("disk"))
+        #expect(Route.parse("/exports/disk/zero") == .zero("disk"))
+        #expect(Route.parse("/exports/a%2Fb/data") == .data("a%2Fb"))
+        // The empty name (NBD's default export) is an empty segment.
+        #expect(Route.parse("/exports//data") == .data(""))
+        #expect(Route.parse("/exports/") == .export(""))
+    }
+
+    @Test("unknown paths are nil (404)", arguments: [
+        "", "/", "/export/disk", "/EXPORTS", "exports/disk", "//exports/disk", "/exports/disk/other",
+        "/exports/disk/data/x", "/exports/a/b/data", "/exports/disk/data/", "/exports/disk/", "/healthz/",
+        "/exports/disk/DATA", "/openapi.json", "/exports/a/b/c/d",
+    ])
+    func unknown(_ path: String) {
+        #expect(Route.parse(path) == nil)
+    }
+
+    @Test("names decode from one percent-encoded segment")
+    func decodesNames() throws {
+        #expect(try Route.parse("/exports/a%2Fb/data")?.exportName() == "a/b")
+        #expect(try Route.parse("/exports//data")?.exportName() == "")
+        #expect(try Route.parse("/exports/caf%C3%A9")?.exportName() == "café")
+        #expect(try Route.parse("/exports/sp%20ace/extents")?.exportName() == "sp ace")
+        #expect(try Route.parse("/healthz")?.exportName() == nil)
+        let longest = String(repeating: "n", count: 4096)
+        #expect(try Route.parse("/exports/\(longest)/data")?.exportName() == longest)
+    }
+
+    @Test("bad percent-encoding, invalid UTF-8 and names over 4096 bytes are 400 bad_request", arguments: [
+        "/exports/%ZZ/data", "/exports/%2/data", "/exports/abc%/data", "/exports/%C3%28/data", "/exports/%FF/data",
+        "/exports/" + String(repeating: "n", count: 4097) + "/data",
+        "/exports/" + String(repeating: "%C3%A9", count: 2049) + "/data",  // 4098 bytes once decoded.
+    ])
+    func badNames(_ path: String) throws {
+        let route = try #require(Route.parse(path))
+        #expect(throws: GatewayError.self) { try route.exportName() }
+        do {
+            _ = try route.exportName()
+        } catch {
+            #expect(error.status == 400)
+            #expect(error.code == "bad_request")
+        }
+    }
+
+    @Test("the methods each resource allows (the Allow header of a 405)")
+    func allowed() {
+        #expect(Route.data("d").allowed == ["GET", "HEAD", "PUT", "OPTIONS"])
+        for route in [Route.flush("d"), .trim("d"), .zero("d")] {
+            #expect(route.allowed == ["POST"])
+        }
+        for route in [Route.exports, .export("d"), .extents("d"), .health, .ready, .metrics, .openAPI] {
+            #expect(route.allowed.contains("GET"))
+            #expect(!route.allowed.contains("PUT") && !route.allowed.contains("POST"))
+        }
+    }
+}
