@@ -86,6 +86,7 @@ let package = Package(
             name: "nbd-gateway",
             dependencies: [
                 "NBDGateway",
+                "CSpawn",
                 "NBDClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -98,15 +99,18 @@ let package = Package(
             resources: [.copy("openapi.yaml")],
             swiftSettings: strictSwift6
         ),
+        // posix_spawn without leaking our descriptors into children (daemons would hold our sockets).
+        .target(name: "CSpawn"),
         // Starts real NBD servers and peer tools for the tests (by PID, on Unix sockets or free ports).
         .target(
             name: "NBDTestSupport",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: ["CSpawn", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: strictSwift6
         ),
         .testTarget(
             name: "NBDGatewayTests",
             dependencies: [
+                "CSpawn",
                 "NBDGateway",
                 "NBDTestSupport",
                 "NBDClient",

@@ -1,3 +1,4 @@
+import CSpawn
 import Foundation
 import NIOCore
 import Synchronization
@@ -60,6 +61,9 @@ public enum Tools {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
             posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
             posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            // Nothing else of ours may leak into the child: a daemon holding a copy of one of
+            // our sockets would keep that connection open after we close it.
+            cspawn_add_closefrom(&actions, 3)
             let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
             defer { argv.forEach { free($0) } }
             // The child must not inherit this process's blocked signals (SIGTERM would not stop it).
@@ -113,10 +117,22 @@ public enum Tools {
     /// one test run (the kernel may offer a just-closed port again to the next caller).
     public static func freePort() async throws -> Int {
         for _ in 0..<100 {
-            let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .bind(host: "127.0.0.1", port: 0).get()
-            let port = channel.localAddress?.port ?? 0
-            try await channel.close()
+            // A plain socket without SO_REUSEADDR: the kernel then skips ports still held by
+            // connections in TIME_WAIT, which a server binding without the option would trip on.
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw TestFailure("socket failed: \(errno)") }
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                    bind(fd, address, length) == 0 && getsockname(fd, address, &length) == 0
+                }
+            }
+            guard bound else { throw TestFailure("bind failed: \(errno)") }
+            let port = Int(UInt16(bigEndian: address.sin_port))
             if handedOutPorts.withLock({ $0.insert(port).inserted }) { return port }
         }
         throw TestFailure("no free TCP port")

@@ -77,7 +77,7 @@ struct GatewayCommand: AsyncParsableCommand {
             pool: PoolSettings(maximumConnections: settings.poolSize, client: client, idleTimeout: .seconds(settings.idleTimeout)),
             routes: GatewayRoutes.Settings(
                 readOnly: settings.readOnly,
-                openAPIDocument: OpenAPIDocument.text,
+                openAPIDocument: try OpenAPIDocument.load(),
                 metricsText: { registry.emitToString() }
             )
         )

@@ -1,3 +1,5 @@
+import ArgumentParser
+import CSpawn
 import Foundation
 import Logging
 import NBDClient
@@ -8,11 +10,11 @@ enum ProcessEnvironment {
 }
 
 enum OpenAPIDocument {
-    /// The contract, shipped as a resource (a link to the repository's openapi.yaml).
-    static var text: String {
+    /// The contract, shipped as a resource (the repository's top-level openapi.yaml links to it).
+    static func load() throws -> String {
         guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
-              let text = try? String(contentsOf: url, encoding: .utf8)
-        else { return "" }
+              let text = try? String(contentsOf: url, encoding: .utf8), !text.isEmpty
+        else { throw ValidationError("the openapi.yaml resource is missing from the installation") }
         return text
     }
 }
@@ -73,10 +75,15 @@ struct EmbeddedDisk: Sendable {
         posix_spawnattr_setsigmask(&attributes, &emptyMask)
         posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // nbdkit must not inherit the gateway's descriptors (its listening socket, connections).
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        cspawn_add_closefrom(&actions, 3)
         let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, path, nil, &attributes, argv, environ)
+        let result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
         guard result == 0 else { throw NBDError(.connectionFailed, "cannot start nbdkit: error \(result)") }
         return pid
     }

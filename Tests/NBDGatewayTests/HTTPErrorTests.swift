@@ -200,9 +200,7 @@ struct HTTPErrorTests {
                 #expect(error["nbd_error"] as? String == nbdError)
                 #expect(error["nbd_errno"] as? Int == nbdErrno)
                 if status == 503 { #expect(response.header("Retry-After") != nil) }
-                withKnownIssue("error.export is the backend's NBD name (\"\"), not the gateway's export name") {
-                    #expect(error["export"] as? String == "disk")
-                }
+                #expect(error["export"] as? String == "disk")
                 try await gateway.expectServing("disk")
             }
             // Reads still work.
@@ -334,10 +332,8 @@ struct HTTPErrorTests {
             let whole = try await gateway.get("/exports/disk/data")
             let head = try await gateway.head("/exports/disk/data")
             #expect(whole.status == 502 || !whole.complete, "never a body that looks whole")
-            withKnownIssue("with the export info cached, a whole-disk GET commits to 200 before any NBD I/O (then cuts the body) and HEAD answers 200 while the backend is down") {
-                #expect(whole.status == 502)
-                #expect(head.status == 502)
-            }
+            #expect(whole.status == 502)
+            #expect(head.status == 502)
             #expect(try await gateway.get("/readyz").status == 503)
             #expect(try await gateway.get("/healthz").status == 200)
 
@@ -386,12 +382,10 @@ struct HTTPErrorTests {
             #expect(response.header("Retry-After") != nil)
             // "ESHUTDOWN: the server is going away; finish in-flight work and disconnect."
             let exited = try await waitUntilExited(pid, timeout: .seconds(3))
-            await withKnownIssue("the pool keeps the connection after ESHUTDOWN, so nbdkit waits for it forever and every request answers 503") {
-                #expect(exited)
-                let after = try await gateway.post("/exports/disk/flush")
-                #expect(after.status == 502)
-                #expect(after.errorCode == "backend_unreachable")
-            }
+            #expect(exited)
+            let after = try await gateway.post("/exports/disk/flush")
+            #expect(after.status == 502)
+            #expect(after.errorCode == "backend_unreachable")
             try await gateway.expectServing()
         }
     }

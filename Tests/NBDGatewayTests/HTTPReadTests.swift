@@ -202,9 +202,7 @@ struct HTTPReadTests {
             #expect(info["structured_replies"] as? Bool == true)
             #expect(info["contexts"] as? [String] == ["base:allocation"])
             #expect(info["description"] as? String == "")
-            withKnownIssue("ExportInfo.name is the backend's NBD export name (\"\"), not the name the gateway serves it as") {
-                #expect(info["name"] as? String == "disk")
-            }
+            #expect(info["name"] as? String == "disk")
             // HEAD on the metadata: its headers, no body.
             let head = try await gateway.head("/exports/disk")
             #expect(head.status == 200)

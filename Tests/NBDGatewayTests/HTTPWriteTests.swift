@@ -61,10 +61,11 @@ struct HTTPWriteTests {
             request.expectContinue = true
             request.chunkSize = 65_532
             let response = try await gateway.send(request)
-            #expect(response.status == 200)
+            // 204 without a body: nbdkit's curl plugin, which sends this form, aborts on a body.
+            #expect(response.status == 204)
             #expect(response.interim == [100])
             #expect(response.bodyBytesSent > data.count)  // Chunk framing included.
-            #expect(response.text == #"{"operation":"write","offset":65536,"length":196608}"#)
+            #expect(response.text == "")
             #expect(try await gateway.read("disk", offset: 65536, length: data.count) == data)
             // Chunked without Expect, and with ?offset.
             var plain = HTTPRequest("PUT", "/exports/disk/data?offset=7", body: Array("chunked".utf8))
@@ -253,10 +254,8 @@ struct HTTPWriteTests {
                 #expect(try await gateway.head("/exports/warm/data").status == 200)
                 for refusal in Self.refusals("warm") {
                     let response = try await sendExpecting(gateway, refusal)
-                    withKnownIssue("on an open export the refusal is queued after libmicrohttpd has sent 100 Continue, so the client uploads the body first") {
-                        #expect(response.interim.isEmpty, "\(refusal.target) \(refusal.headers)")
-                        #expect(response.bodyBytesSent == 0)
-                    }
+                    #expect(response.interim.isEmpty, "\(refusal.target) \(refusal.headers)")
+                    #expect(response.bodyBytesSent == 0)
                     try await gateway.expectServing("warm")
                 }
                 // Nothing was written anywhere.
@@ -294,9 +293,7 @@ struct HTTPWriteTests {
                     // The first PUT is decided while the export opens.
                     #expect(response.interim.isEmpty && response.bodyBytesSent == 0)
                 } else {
-                    withKnownIssue("on an open export the refusal is queued after libmicrohttpd has sent 100 Continue, so the client uploads the body first") {
-                        #expect(response.interim.isEmpty && response.bodyBytesSent == 0)
-                    }
+                    #expect(response.interim.isEmpty && response.bodyBytesSent == 0)
                 }
                 try await gateway.expectServing("disk")
             }
@@ -455,10 +452,8 @@ struct HTTPWriteTests {
                 try await gateway.expectServing("disk")
             }
             let past = try await gateway.get("/exports/disk/extents?offset=2000000")
-            withKnownIssue("an offset past the end with the default length answers 400 invalid_range (length 0), not 416") {
-                #expect(past.status == 416)
-                #expect(past.header("Content-Range") == "bytes */\(Self.size)")
-            }
+            #expect(past.status == 416)
+            #expect(past.header("Content-Range") == "bytes */\(Self.size)")
         }
         try await withNBDKitGateway(Self.memory, nbdkitOptions: ["--no-sr"]) { gateway, _ in
             let response = try await gateway.get("/exports/disk/extents")

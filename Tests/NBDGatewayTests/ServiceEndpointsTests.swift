@@ -71,9 +71,7 @@ struct ServiceEndpointsTests {
             #expect(response.status == 200)
             #expect(response.header("Content-Type") == "application/yaml")
             let file = try Data(contentsOf: Paths.openAPI)
-            withKnownIssue("the resource bundle holds the symlink openapi.yaml -> ../../openapi.yaml, dangling there, so the body is empty") {
-                #expect(response.body == Array(file))
-            }
+            #expect(response.body == Array(file))
         }
     }
 

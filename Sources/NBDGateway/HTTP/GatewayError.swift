@@ -68,7 +68,8 @@ public struct GatewayError: Error, Sendable, Equatable {
 
     /// How an NBD failure answers over HTTP. `writing` tells EOVERFLOW on writes (413) from reads (416).
     public init(_ error: NBDError, export: String?, exportSize: UInt64? = nil, writing: Bool = false) {
-        let name = error.exportName ?? export
+        // The name the gateway serves the export under, not the backend's NBD name.
+        let name = export ?? error.exportName
         let message = error.message.isEmpty ? "\(error)" : error.message
         if let errno = error.errno {
             // An unknown errno is reported raw, named EINVAL (as the protocol says to treat it).
@@ -94,8 +95,10 @@ public struct GatewayError: Error, Sendable, Equatable {
         }
         if let option = error.optionError {
             func make(_ status: Int, _ code: String, headers: [(name: String, value: String)] = []) -> GatewayError {
-                GatewayError(status, code, message, nbdError: option.name.hasPrefix("NBD_REP_ERR_UNKNOWN_VALUE") ? nil : option.name,
-                             nbdErrno: option.rawValue, export: name, headers: headers)
+                // An option error the protocol does not name is reported as neither name nor number.
+                let named = !option.name.hasPrefix("NBD_REP_ERR_UNKNOWN_VALUE")
+                return GatewayError(status, code, message, nbdError: named ? option.name : nil,
+                                    nbdErrno: named ? option.rawValue : nil, export: name, headers: headers)
             }
             switch option {
             case .unknown: self = make(404, "unknown_export")

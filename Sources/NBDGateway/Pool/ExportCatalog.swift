@@ -104,13 +104,22 @@ public final class ExportCatalog: Sendable {
             _ = try await NBDClient.list(uri, configuration: configuration, logger: logger)
             return true
         } catch let error as NBDError where error.code == .listingRefused || error.code == .listingUnsupported {
-            guard let client = try? await NBDClient.connect(to: uri, configuration: configuration, logger: logger) else { return false }
-            await client.disconnect()
+            do {
+                let client = try await NBDClient.connect(to: uri, configuration: configuration, logger: logger)
+                await client.disconnect()
+                return true
+            } catch let error as NBDError where error.optionError != nil {
+                return true  // It answered the handshake (say, no such default export): it is up.
+            } catch {
+                return false
+            }
+        } catch let error as NBDError where error.optionError != nil {
             return true
         } catch {
             return false
         }
     }
+
 
     /// Closes idle connections in every pool.
     public func closeIdle() async {

@@ -30,6 +30,8 @@ public final class ExportPool: Sendable {
         let client: NBDClient
         var users = 0
         var lastUsed: ContinuousClock.Instant
+        /// No new requests (the server said ESHUTDOWN); disconnected once unused.
+        var retired = false
     }
 
     private struct State {
@@ -62,14 +64,34 @@ public final class ExportPool: Sendable {
         try await withClient { $0.info }
     }
 
-    /// The export info if a connection has negotiated already.
+    /// The export info if a connection has negotiated already (it may have closed since).
     public var cachedInfo: NBDExportInfo? { state.withLock { $0.info } }
+
+    /// The export info if a negotiated connection is open now.
+    public var liveInfo: NBDExportInfo? {
+        state.withLock { state in
+            state.slots.contains { $0.client.isActive && !$0.retired } ? state.info : nil
+        }
+    }
+
+    /// Whether a connection is open now.
+    public var hasLiveConnection: Bool { liveInfo != nil }
 
     /// Runs `body` with a connection; the connection stays open (not idle) while it runs.
     public func withClient<T: Sendable>(_ body: (NBDClient) async throws -> T) async throws -> T {
         let client = try await acquire()
-        defer { release(client) }
-        return try await body(client)
+        do {
+            let result = try await body(client)
+            await release(client, retire: false)
+            return result
+        } catch let error as NBDError where error.errno == .ESHUTDOWN {
+            // The server is going away: stop using this connection, let it finish and close.
+            await release(client, retire: true)
+            throw error
+        } catch {
+            await release(client, retire: false)
+            throw error
+        }
     }
 
     private enum Step {
@@ -85,7 +107,7 @@ public final class ExportPool: Sendable {
             let step = state.withLock { state -> Step in
                 if state.closed { return .fail(NBDError(.disconnected, "the gateway is shutting down", exportName: name)) }
                 state.slots.removeAll { !$0.client.isActive && $0.users == 0 }
-                let live = state.slots.indices.filter { state.slots[$0].client.isActive }
+                let live = state.slots.indices.filter { state.slots[$0].client.isActive && !state.slots[$0].retired }
                 let limit = state.info?.canMultiConn == true ? settings.maximumConnections : 1
                 if live.count + state.opening < limit && state.opening == 0 {
                     if live.isEmpty, let retryAt = state.retryAt, now < retryAt, let error = state.lastError {
@@ -158,13 +180,25 @@ public final class ExportPool: Sendable {
         }
     }
 
-    private func release(_ client: NBDClient) {
-        state.withLock { state in
+    /// Returns a connection. `retire`: the server said ESHUTDOWN, so every connection to it
+    /// stops taking requests and closes once idle (the server waits for its clients to leave).
+    private func release(_ client: NBDClient, retire: Bool) async {
+        let closing = state.withLock { state -> [NBDClient] in
             // Slots may have moved: find the client by identity.
             if let slot = state.slots.firstIndex(where: { $0.client === client }) {
                 state.slots[slot].users -= 1
                 state.slots[slot].lastUsed = .now
             }
+            if retire {
+                for index in state.slots.indices { state.slots[index].retired = true }
+            }
+            let idle = state.slots.filter { $0.retired && $0.users == 0 }.map(\.client)
+            state.slots.removeAll { $0.retired && $0.users == 0 }
+            return idle
+        }
+        for client in closing {
+            logger.info("closing NBD connection: the server is shutting down", metadata: ["export": "\(name)"])
+            await client.disconnect()
         }
     }
 

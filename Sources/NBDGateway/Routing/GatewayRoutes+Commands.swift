@@ -12,9 +12,12 @@ extension GatewayRoutes {
         if info.size == 0 && offsetParameter == nil && lengthParameter == nil {
             return .json(200, #"{"offset":0,"length":0,"extents":[]}"#)
         }
-        let length = lengthParameter ?? (info.size - min(offset, info.size))
+        guard offset < info.size else {
+            throw .unsatisfiable("offset \(offset) is not inside the export (size \(info.size))", size: info.size, export: name)
+        }
+        let length = lengthParameter ?? (info.size - offset)
         guard length > 0 else { throw .invalidRange("length must be at least 1", export: name) }
-        guard offset < info.size, length <= info.size - offset else {
+        guard length <= info.size - offset else {
             throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
         }
         let extents = try await withClient(pool, info) { try await $0.blockStatus(at: offset, length: length) }

@@ -19,8 +19,8 @@ extension GatewayRoutes {
     }
 
     func metadata(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
-        let (_, info, _) = try await open(route)
-        return .json(200, Self.metadataJSON(info).rendered)
+        let (_, info, name) = try await open(route)
+        return .json(200, Self.metadataJSON(info, name: name).rendered)
     }
 
     static func blockSizeJSON(_ info: NBDExportInfo) -> JSON.Value {
@@ -29,10 +29,10 @@ extension GatewayRoutes {
     }
 
     /// The `ExportInfo` object (the same fields as `nbd info --json`).
-    static func metadataJSON(_ info: NBDExportInfo) -> JSON.Value {
+    static func metadataJSON(_ info: NBDExportInfo, name: String) -> JSON.Value {
         let metadata = NBDExportMetadata(info)
         return .object([
-            ("name", .string(metadata.name)),
+            ("name", .string(name)),
             ("description", .string(metadata.description)),
             ("size", .int(metadata.size)),
             ("read_only", .bool(metadata.readOnly)),

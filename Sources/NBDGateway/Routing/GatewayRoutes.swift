@@ -132,8 +132,8 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     func open(_ route: Route) async throws(GatewayError) -> (ExportPool, NBDExportInfo, String) {
         let name = try route.exportName() ?? ""
         let pool = try await catalog.pool(for: name)
-        // Negotiated already: the flags and size do not change while the export is served.
-        if let info = pool.cachedInfo { return (pool, info, name) }
+        // Negotiated on a connection that is still open: flags and size are current.
+        if let info = pool.liveInfo { return (pool, info, name) }
         do {
             return (pool, try await pool.info(), name)
         } catch let error as NBDError {

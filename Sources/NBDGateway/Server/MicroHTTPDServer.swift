@@ -274,11 +274,11 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     core.register(context)
 
     if headerBytes > core.configuration.maximumHeaderBytes {
-        context.phase = .respond(GatewayError.headerTooLarge("request headers exceed \(core.configuration.maximumHeaderBytes) bytes").response(requestID: requestID))
+        refuseNow(GatewayError.headerTooLarge("request headers exceed \(core.configuration.maximumHeaderBytes) bytes"), context, connection, core)
         return context
     }
     if core.isShuttingDown {
-        context.phase = .respond(GatewayError.unavailable("the gateway is shutting down").response(requestID: requestID))
+        refuseNow(GatewayError.unavailable("the gateway is shutting down"), context, connection, core)
         return context
     }
     let handler = core.handler
@@ -289,7 +289,15 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     // A PUT is decided before its body: at once when the export is known (keep-alive is
     // kept), else by a job while the connection is suspended.
     if let decision = handler.decideUploadImmediately(request) {
-        apply(decision, to: context)
+        if case .reject(let response) = decision, answersBeforeBody(request) {
+            // Queued now, before libmicrohttpd sends 100 Continue: the client uploads nothing
+            // (and the connection closes after the answer, its body unread).
+            context.phase = .queued
+            _ = queue(response, for: context, on: connection, core: core)
+        } else {
+            // A small body already on its way is read and dropped, keeping the connection.
+            apply(decision, to: context)
+        }
         return context
     }
     context.suspend()
@@ -298,6 +306,20 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
         context.resume()
     }
     return context
+}
+
+/// Whether a refused PUT is answered at once rather than after its body: when the client
+/// waits for 100 Continue, or the body is large or of unknown length.
+private func answersBeforeBody(_ request: GatewayRequest) -> Bool {
+    if request.header("Expect")?.lowercased() == "100-continue" { return true }
+    guard let length = request.header("Content-Length").flatMap({ UInt64($0) }) else { return true }
+    return length > 1 << 20
+}
+
+/// Answers during the first call, before any body is read.
+private func refuseNow(_ error: GatewayError, _ context: RequestContext, _ connection: OpaquePointer, _ core: ServerCore) {
+    context.phase = .queued
+    _ = queue(error.response(requestID: context.request.requestID), for: context, on: connection, core: core)
 }
 
 private func apply(_ decision: UploadDecision, to context: RequestContext) {

@@ -1,3 +1,4 @@
+import CSpawn
 import Foundation
 import NBDTestSupport
 import NIOPosix
@@ -119,6 +120,7 @@ func runProcess(_ name: String, _ arguments: [String], timeout: Duration = .seco
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        cspawn_add_closefrom(&actions, 3)  // Our sockets must not leak into the child.
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environmentList.map { strdup($0) } + [nil]
         defer {
@@ -167,6 +169,7 @@ final class BackgroundProcess: Sendable {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
             posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)  // dup2 clears O_CLOEXEC on fd 1.
             posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            cspawn_add_closefrom(&actions, 3)  // Our sockets must not leak into the child.
             let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
             defer { argv.forEach { free($0) } }
             var pid: pid_t = 0
