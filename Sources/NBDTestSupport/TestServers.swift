@@ -55,31 +55,7 @@ public enum Tools {
         let outPath = directory.appendingPathComponent("stdout").path
         let errPath = directory.appendingPathComponent("stderr").path
         let status = try await NIOThreadPool.singleton.runIfActive { () throws -> Int32 in
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            // Nothing else of ours may leak into the child: a daemon holding a copy of one of
-            // our sockets would keep that connection open after we close it.
-            cspawn_add_closefrom(&actions, 3)
-            let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-            defer { argv.forEach { free($0) } }
-            // The child must not inherit this process's blocked signals (SIGTERM would not stop it).
-            var attributes = posix_spawnattr_t()
-            posix_spawnattr_init(&attributes)
-            defer { posix_spawnattr_destroy(&attributes) }
-            var emptyMask = sigset_t()
-            sigemptyset(&emptyMask)
-            var defaultSignals = sigset_t()
-            sigfillset(&defaultSignals)
-            posix_spawnattr_setsigmask(&attributes, &emptyMask)
-            posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
-            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-            var pid: pid_t = 0
-            let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
-            guard spawned == 0 else { throw TestFailure("cannot run \(executable): error \(spawned)") }
+            let pid = try Tools.spawn(executable, arguments, stdoutPath: outPath, stderrPath: errPath)
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             // WIFEXITED / WEXITSTATUS, spelled out (the C macros are not imported).
@@ -91,6 +67,31 @@ public enum Tools {
             throw TestFailure("\(name) \(arguments.joined(separator: " ")) exited \(status): \(String(decoding: stderr, as: UTF8.self))")
         }
         return (status, stdout, stderr)
+    }
+
+    /// Starts a child (see `cspawn_spawn`: no inherited descriptors, default signals) and
+    /// returns its PID. `environment` nil passes ours on.
+    public static func spawn(
+        _ executable: String, _ arguments: [String], environment: [String]? = nil,
+        stdoutDescriptor: Int32 = -1, stdoutPath: String? = nil, stderrPath: String? = nil
+    ) throws -> pid_t {
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup($0) } + [nil] }
+        defer {
+            argv.forEach { free($0) }
+            envp?.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let result = argv.withUnsafeBufferPointer { argvBuffer in
+            if let envp {
+                return envp.withUnsafeBufferPointer { envpBuffer in
+                    cspawn_spawn(&pid, executable, argvBuffer.baseAddress, envpBuffer.baseAddress, stdoutDescriptor, stdoutPath, stderrPath)
+                }
+            }
+            return cspawn_spawn(&pid, executable, argvBuffer.baseAddress, environ, stdoutDescriptor, stdoutPath, stderrPath)
+        }
+        guard result == 0 else { throw TestFailure("cannot run \(executable): error \(result)") }
+        return pid
     }
 
     public static func temporaryDirectory() throws -> URL {

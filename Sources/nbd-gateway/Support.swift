@@ -60,30 +60,16 @@ struct EmbeddedDisk: Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    /// posix_spawn with default signal handling (this process blocks signals on its threads).
+    /// Starts nbdkit with none of our descriptors and default signal handling (see cspawn.h).
     private static func spawn(_ arguments: [String]) throws -> pid_t {
         let candidates: [String] = ["/usr/bin/nbdkit", "/usr/sbin/nbdkit", "/usr/local/bin/nbdkit"]
-        let path = candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-        guard let path else { throw NBDError(.connectionFailed, "nbdkit is not installed (scripts/install-deps installs it)") }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        var defaultSignals = sigset_t()
-        sigfillset(&defaultSignals)
-        posix_spawnattr_setsigmask(&attributes, &emptyMask)
-        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        // nbdkit must not inherit the gateway's descriptors (its listening socket, connections).
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        cspawn_add_closefrom(&actions, 3)
+        guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw NBDError(.connectionFailed, "nbdkit is not installed (scripts/install-deps installs it)")
+        }
         let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+        let result = argv.withUnsafeBufferPointer { cspawn_spawn(&pid, path, $0.baseAddress, environ, -1, nil, nil) }
         guard result == 0 else { throw NBDError(.connectionFailed, "cannot start nbdkit: error \(result)") }
         return pid
     }

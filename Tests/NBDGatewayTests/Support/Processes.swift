@@ -1,4 +1,3 @@
-import CSpawn
 import Foundation
 import NBDTestSupport
 import NIOPosix
@@ -33,22 +32,6 @@ enum Paths {
         }
         return found
     }
-}
-
-/// posix_spawn attributes giving the child default signal dispositions and an empty mask
-/// (the test process blocks signals on its threads; a child inheriting that ignores SIGTERM).
-private func withSpawnAttributes<T>(_ body: (inout posix_spawnattr_t) throws -> T) rethrows -> T {
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var emptyMask = sigset_t()
-    sigemptyset(&emptyMask)
-    var defaultSignals = sigset_t()
-    sigfillset(&defaultSignals)
-    posix_spawnattr_setsigmask(&attributes, &emptyMask)
-    posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    return try body(&attributes)
 }
 
 /// Decodes a waitpid status: the exit code, or 128 + the signal.
@@ -113,25 +96,7 @@ func runProcess(_ name: String, _ arguments: [String], timeout: Duration = .seco
     var variables = ProcessInfo.processInfo.environment
     for (key, value) in environment { variables[key] = value }
     let environmentList = variables.map { "\($0.key)=\($0.value)" }
-    let pid = try withSpawnAttributes { attributes -> pid_t in
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        cspawn_add_closefrom(&actions, 3)  // Our sockets must not leak into the child.
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = environmentList.map { strdup($0) } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        guard spawned == 0 else { throw TestFailure("cannot run \(executable): error \(spawned)") }
-        return pid
-    }
+    let pid = try Tools.spawn(executable, arguments, environment: environmentList, stdoutPath: outPath, stderrPath: errPath)
     let (status, timedOut) = try await waitForExit(pid, timeout: timeout)
     let stdout = (try? Data(contentsOf: URL(fileURLWithPath: outPath))) ?? Data()
     let stderr = (try? Data(contentsOf: URL(fileURLWithPath: errPath))) ?? Data()
@@ -162,26 +127,16 @@ final class BackgroundProcess: Sendable {
             throw TestFailure("socketpair failed: \(errno)")
         }
         let (readEnd, writeEnd) = (fds[0], fds[1])
-        let result = withSpawnAttributes { attributes -> (pid_t, Int32) in
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)  // dup2 clears O_CLOEXEC on fd 1.
-            posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            cspawn_add_closefrom(&actions, 3)  // Our sockets must not leak into the child.
-            let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-            defer { argv.forEach { free($0) } }
-            var pid: pid_t = 0
-            let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
-            return (pid, spawned)
+        let spawned: pid_t
+        do {
+            spawned = try Tools.spawn(executable, arguments, stdoutDescriptor: writeEnd, stderrPath: stderrPath)
+        } catch {
+            close(writeEnd)
+            close(readEnd)
+            throw error
         }
         close(writeEnd)
-        guard result.1 == 0 else {
-            close(readEnd)
-            throw TestFailure("cannot run \(executable): error \(result.1)")
-        }
-        pid = result.0
+        pid = spawned
         stdoutDescriptor = readEnd
         self.stderrPath = stderrPath
     }
