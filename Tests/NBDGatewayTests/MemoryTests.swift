@@ -1,0 +1,40 @@
+import Foundation
+import NBDTestSupport
+import Testing
+
+/// Bodies stream in bounded memory: the gateway's peak resident set (VmHWM, which the kernel
+/// keeps for us, so nothing needs sampling) stays under 64 MiB through a 4 GiB GET and a
+/// 1 GiB PUT. curl moves the bytes, to /dev/null and from a sparse file.
+@Suite("Memory")
+struct MemoryTests {
+    private func peakResidentMiB(_ pid: pid_t) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        else { throw TestFailure("no VmHWM in /proc/\(pid)/status") }
+        return kilobytes / 1024
+    }
+
+    @Test("a 4 GiB GET and a 1 GiB PUT keep the gateway under 64 MiB resident")
+    func boundedMemory() async throws {
+        try await withNBDKitGateway(["memory", "size=4G"]) { gateway, _ in
+            let url = "http://127.0.0.1:\(gateway.port)/exports/disk/data"
+            let get = try await runProcess("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url], timeout: .seconds(120))
+            #expect(get.stdoutText == "200 \(4 << 30)")
+            let afterGet = try peakResidentMiB(gateway.process.pid)
+            #expect(afterGet < 64, "peak RSS \(afterGet) MiB after a 4 GiB GET")
+
+            let directory = try Tools.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let upload = directory.appendingPathComponent("upload.bin")
+            guard FileManager.default.createFile(atPath: upload.path, contents: nil) else { throw TestFailure("cannot create \(upload.path)") }
+            let handle = try FileHandle(forWritingTo: upload)
+            try handle.truncate(atOffset: 1 << 30)  // Sparse: reads as zeroes, costs no disk.
+            try handle.close()
+            let put = try await runProcess("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-T", upload.path, url], timeout: .seconds(120))
+            #expect(put.stdoutText == "200 \(1 << 30)")
+            let afterPut = try peakResidentMiB(gateway.process.pid)
+            #expect(afterPut < 64, "peak RSS \(afterPut) MiB after a 1 GiB PUT as well")
+        }
+    }
+}
