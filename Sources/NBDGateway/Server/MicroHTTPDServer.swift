@@ -80,9 +80,16 @@ public final class MicroHTTPDServer: Sendable {
         port = Int(shim_MHD_bound_port(daemon))
     }
 
-    /// Stops serving: answers suspended requests with 503, waits (bounded) for them to be
-    /// resumed, then stops the daemon (which libmicrohttpd forbids while any is suspended).
-    public func shutdown() async {
+    /// Stops serving: refuses new requests, lets those in progress finish (bounded), then
+    /// answers what is still suspended with 503, waits (bounded) for it to be resumed, and
+    /// stops the daemon (which libmicrohttpd forbids while any connection is suspended).
+    public func shutdown(grace: Duration = .seconds(10)) async {
+        // New requests get 503 from now on; those in progress have `grace` to finish.
+        core.stopAccepting()
+        let deadline = ContinuousClock.now + grace
+        while core.liveCount > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
         core.beginShutdown()
         for _ in 0..<500 where core.suspendedCount > 0 {
             try? await Task.sleep(for: .milliseconds(10))
@@ -230,6 +237,13 @@ final class ServerCore: Sendable {
     func register(_ context: RequestContext) { live.withLock { $0[ObjectIdentifier(context)] = context } }
     func unregister(_ context: RequestContext) { live.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(context)) } }
 
+    var liveCount: Int { live.withLock { $0.count } }
+
+    func stopAccepting() {
+        shuttingDown.store(true, ordering: .relaxed)
+    }
+
+    /// Cuts what is still running: streams stop, suspended requests answer 503.
     func beginShutdown() {
         shuttingDown.store(true, ordering: .relaxed)
         let contexts = live.withLock { Array($0.values) }
@@ -343,6 +357,7 @@ private func nextCall(
             uploadDataSize.pointee = 0  // A body this method does not use is discarded.
             return .YES
         }
+        if core.isShuttingDown { return refuseDuringShutdown(context, connection, core) }
         context.phase = .deciding
         context.suspend()
         let handler = core.handler
@@ -363,7 +378,8 @@ private func nextCall(
         return upload(session, context, uploadData, uploadDataSize)
     case .uploading(let session, let respond):
         if size > 0 { return upload(session, context, uploadData, uploadDataSize) }
-        // The body ended: finish the writes in a job, answer when it is done.
+        // The body ended: finish the writes in a job, answer when it is done. (During shutdown
+        // too: the writes were acknowledged to nobody yet, and the daemon waits for us.)
         context.phase = .finishing
         context.suspend()
         core.spawn { context.answer(respond(await session.finish())) }
@@ -372,6 +388,12 @@ private func nextCall(
         uploadDataSize.pointee = 0
         return .YES
     }
+}
+
+/// New work is refused once shutdown began: the daemon stops when nothing is suspended.
+private func refuseDuringShutdown(_ context: RequestContext, _ connection: OpaquePointer, _ core: ServerCore) -> MHD_Result {
+    context.phase = .queued
+    return queue(GatewayError.unavailable("the gateway is shutting down").response(requestID: context.request.requestID), for: context, on: connection, core: core)
 }
 
 private func upload(_ session: UploadSession, _ context: RequestContext, _ data: UnsafePointer<CChar>?, _ size: UnsafeMutablePointer<Int>) -> MHD_Result {
