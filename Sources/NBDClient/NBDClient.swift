@@ -55,6 +55,20 @@ public final class NBDClient: Sendable {
         return buffer.getSlice(at: buffer.readerIndex + Int(offset - range.lowerBound), length: length) ?? ByteBuffer()
     }
 
+    /// Reads `length` bytes at `offset` as the slices they arrived in (in order, no copy into
+    /// one buffer): for passing bytes on, as a streaming server does.
+    public func readSlices(at offset: UInt64, length: Int) async throws -> [ByteBuffer] {
+        guard length > 0 else {
+            try checkOffset(offset, length: length)
+            return []
+        }
+        try planner.checkBounds(offset: offset, length: UInt64(length))
+        let range = planner.aligned(offset: offset, length: UInt64(length))
+        let sink = NBDReadSink(baseOffset: range.lowerBound, slicesOfLength: range.count)
+        try await read(range, into: sink)
+        return sink.takeSlices(cutTo: offset..<(offset + UInt64(length)))
+    }
+
     /// Reads into caller-owned memory, the regions filled one after the other from `offset`.
     /// The memory must stay valid until this returns (it does not return early on cancellation).
     public func read(at offset: UInt64, into regions: [UnsafeMutableRawBufferPointer]) async throws {

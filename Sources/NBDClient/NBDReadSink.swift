@@ -13,6 +13,8 @@ final class NBDReadSink: @unchecked Sendable {
         case buffer(ByteBuffer)
         /// Caller-owned memory, one or more regions laid end to end.
         case regions([UnsafeMutableRawBufferPointer])
+        /// The received bytes kept as they arrived (slices of the receive buffers), no copy.
+        case slices([(offset: UInt64, bytes: ByteBuffer)])
     }
 
     /// Export offset of the first destination byte.
@@ -25,6 +27,13 @@ final class NBDReadSink: @unchecked Sendable {
         self.baseOffset = baseOffset
         self.length = length
         self.storage = .empty
+    }
+
+    /// A sink keeping the received slices themselves (see `takeSlices`).
+    init(baseOffset: UInt64, slicesOfLength length: Int) {
+        self.baseOffset = baseOffset
+        self.length = length
+        self.storage = .slices([])
     }
 
     /// A sink writing into caller-owned memory (the caller keeps it alive until the read returns).
@@ -55,6 +64,10 @@ final class NBDReadSink: @unchecked Sendable {
             bytes.withUnsafeReadableBytes { source in
                 Self.copy(source, into: regions, at: position)
             }
+        case .slices(var slices):
+            storage = .empty
+            slices.append((offset, bytes))
+            storage = .slices(slices)
         }
     }
 
@@ -73,6 +86,10 @@ final class NBDReadSink: @unchecked Sendable {
                 _ = bytes[position..<(position + count)].initializeMemory(as: UInt8.self, repeating: 0)
             }
             storage = .buffer(buffer)
+        case .slices(var slices):
+            storage = .empty
+            slices.append((offset, ByteBuffer(repeating: 0, count: count)))
+            storage = .slices(slices)
         case .regions(let regions):
             let zeroes = [UInt8](repeating: 0, count: min(count, 1 << 20))
             var done = 0
@@ -91,9 +108,25 @@ final class NBDReadSink: @unchecked Sendable {
         switch storage {
         case .buffer(let buffer):
             return buffer
-        case .empty, .regions:
+        case .empty, .regions, .slices:
             return ByteBuffer()
         }
+    }
+
+    /// The received slices in export order, cut to `range` (only for slice sinks, after every
+    /// request succeeded, which proves they cover the sink's range without overlap).
+    func takeSlices(cutTo range: Range<UInt64>) -> [ByteBuffer] {
+        guard case .slices(let slices) = storage else { return [] }
+        var result: [ByteBuffer] = []
+        result.reserveCapacity(slices.count)
+        for (offset, bytes) in slices.sorted(by: { $0.offset < $1.offset }) {
+            let end = offset + UInt64(bytes.readableBytes)
+            let from = max(offset, range.lowerBound)
+            let to = min(end, range.upperBound)
+            guard from < to, let piece = bytes.getSlice(at: bytes.readerIndex + Int(from - offset), length: Int(to - from)) else { continue }
+            result.append(piece)
+        }
+        return result
     }
 
     private static func copy(_ source: UnsafeRawBufferPointer, into regions: [UnsafeMutableRawBufferPointer], at position: Int) {

@@ -92,6 +92,27 @@ struct NBDKitTests {
         }
     }
 
+    @Test("Reads as received slices, in order, cut to the range asked for (holes included)")
+    func readSlices() async throws {
+        try await withServer({ try await Servers.nbdkit(["pattern", "size=8M"]) }) { server in
+            let client = try await NBDClient.connect(to: server.uri)
+            let slices = try await client.readSlices(at: 12_345, length: 3_000_000)
+            #expect(slices.flatMap { Array(buffer: $0) } == patternBytes(offset: 12_345, length: 3_000_000))
+            #expect(try await client.readSlices(at: 5, length: 0).isEmpty)
+            await client.disconnect()
+        }
+        try await withServer({ try await Servers.nbdkit(["memory", "size=8M"]) }) { server in
+            let client = try await NBDClient.connect(to: server.uri)
+            let data = randomBytes(100_000, seed: 77)
+            try await client.write(at: 2 << 20, bytes: data)
+            // Mostly holes (structured OFFSET_HOLE chunks) around the data.
+            let slices = try await client.readSlices(at: (2 << 20) - 50_000, length: 200_000)
+            let expected = [UInt8](repeating: 0, count: 50_000) + data + [UInt8](repeating: 0, count: 50_000)
+            #expect(slices.flatMap { Array(buffer: $0) } == expected)
+            await client.disconnect()
+        }
+    }
+
     @Test("Reads into caller-owned memory regions")
     func readIntoRegions() async throws {
         try await withServer({ try await Servers.nbdkit(["pattern", "size=1M"]) }) { server in

@@ -85,24 +85,25 @@ extension GatewayRoutes {
         consume: (ByteBuffer) async throws -> Void
     ) async throws {
         let end = range.upperBound + 1
-        try await withThrowingTaskGroup(of: (Int, ByteBuffer).self) { group in
+        try await withThrowingTaskGroup(of: (Int, [ByteBuffer]).self) { group in
             var nextOffset = range.lowerBound
             var nextIndex = 0
             var wanted = 0
-            var ready: [Int: ByteBuffer] = [:]
+            var ready: [Int: [ByteBuffer]] = [:]
             func launch() {
                 let offset = nextOffset
                 let length = Int(min(UInt64(chunkSize) - offset % UInt64(chunkSize), end - offset))
                 let index = nextIndex
-                group.addTask { (index, try await client.read(at: offset, length: length)) }
+                // The received slices go on as they are: no copy into one buffer per chunk.
+                group.addTask { (index, try await client.readSlices(at: offset, length: length)) }
                 nextOffset += UInt64(length)
                 nextIndex += 1
             }
             while nextOffset < end && nextIndex < window { launch() }
-            while let (index, buffer) = try await group.next() {
-                ready[index] = buffer
-                while let buffer = ready.removeValue(forKey: wanted) {
-                    try await consume(buffer)
+            while let (index, buffers) = try await group.next() {
+                ready[index] = buffers
+                while let buffers = ready.removeValue(forKey: wanted) {
+                    for buffer in buffers { try await consume(buffer) }
                     wanted += 1
                     if nextOffset < end { launch() }
                 }
