@@ -32,23 +32,29 @@ public final class ExportCatalog: Sendable {
         if let entry = fixed.first(where: { $0.name == name }) {
             return remember(ExportPool(name: name, uri: entry.uri, settings: settings, logger: logger))
         }
+        // The first backend that negotiates the name serves it; a backend that cannot be
+        // reached is reported only when no backend has the export.
+        var failure: GatewayError?
         for backend in backends {
             var uri = backend
             uri.exportName = name
             let candidate = ExportPool(name: name, uri: uri, settings: settings, logger: logger)
             do {
                 _ = try await candidate.info()
-                return remember(candidate)
+                let pool = remember(candidate)
+                if pool !== candidate { await candidate.close() }  // Another request won the race.
+                return pool
             } catch let error as NBDError where error.code == .unknownExport {
                 await candidate.close()
-                continue
             } catch let error as NBDError {
                 await candidate.close()
-                if backends.count == 1 { throw GatewayError(error, export: name) }
+                failure = failure ?? GatewayError(error, export: name)
             } catch {
                 await candidate.close()
+                failure = failure ?? .internalError("\(error)")
             }
         }
+        if let failure { throw failure }
         throw .unknownExport(name)
     }
 
