@@ -121,7 +121,7 @@ let package = Package(
         ),
         .testTarget(
             name: "NBDProtocolTests",
-            dependencies: ["NBDProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["NBDProtocol", "NBDTestSupport", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strictSwift6
         ),
         .testTarget(

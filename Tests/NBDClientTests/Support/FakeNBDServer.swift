@@ -380,21 +380,7 @@ final class FakeNBDServerHandler: ChannelInboundHandler {
 // MARK: - Bytes a hostile server sends
 
 /// Big-endian encoders.
-enum FakeBE {
-    static func u16(_ value: UInt16) -> [UInt8] {
-        [UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
-    }
-
-    static func u32(_ value: UInt32) -> [UInt8] {
-        [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: value >> $0) }
-    }
-
-    static func u64(_ value: UInt64) -> [UInt8] {
-        [56, 48, 40, 32, 24, 16, 8, 0].map { UInt8(truncatingIfNeeded: value >> $0) }
-    }
-
-    static func text(_ string: String) -> [UInt8] { Array(string.utf8) }
-}
+typealias FakeBE = BigEndianBytes
 
 /// Transmission replies, well-formed or not.
 enum FakeReply {

@@ -1,3 +1,4 @@
+import NBDTestSupport
 import NBDProtocol
 import NIOCore
 import Testing
@@ -9,21 +10,7 @@ extension ByteBuffer {
 
 /// Big-endian encoders for building what a server sends (the client's bytes are checked against
 /// hand-written literals instead).
-enum BE {
-    static func u16(_ value: UInt16) -> [UInt8] {
-        [UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
-    }
-
-    static func u32(_ value: UInt32) -> [UInt8] {
-        [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: value >> $0) }
-    }
-
-    static func u64(_ value: UInt64) -> [UInt8] {
-        [56, 48, 40, 32, 24, 16, 8, 0].map { UInt8(truncatingIfNeeded: value >> $0) }
-    }
-
-    static func text(_ string: String) -> [UInt8] { Array(string.utf8) }
-}
+typealias BE = BigEndianBytes
 
 /// Hand-written constants of the wire protocol.
 enum Magic {
