@@ -3,7 +3,6 @@ import CSpawn
 import Foundation
 import Logging
 import NBDClient
-import NIOPosix
 
 enum ProcessEnvironment {
     static var values: [String: String] { ProcessInfo.processInfo.environment }
@@ -20,19 +19,45 @@ enum OpenAPIDocument {
 }
 
 /// The disk the gateway serves when given no backend: an nbdkit memory disk it starts on a
-/// private Unix socket and stops on exit (nbdkit also exits with its parent).
+/// private Unix socket and stops on exit.
+///
+/// nbdkit's `--exit-with-parent` ties it to the *thread* that started it (PR_SET_PDEATHSIG),
+/// so a dedicated thread starts it and stays, waiting for it: the disk lives exactly as long
+/// as the gateway process.
 struct EmbeddedDisk: Sendable {
     let uri: NBDURI
     let pid: pid_t
     let directory: String
+    /// Yields once, when nbdkit has exited.
+    let exited: AsyncStream<Void>
 
     static func start(logger: Logger) async throws -> EmbeddedDisk {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-gateway-\(getpid())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let socket = directory + "/nbd.sock"
         let arguments = ["nbdkit", "-f", "--exit-with-parent", "-U", socket, "memory", "size=1G"]
-        let pid = try spawn(arguments)
+        let (exited, exit) = AsyncStream.makeStream(of: Void.self)
+        let pid: pid_t = try await withCheckedThrowingContinuation { continuation in
+            let keeper = Thread {
+                let pid: pid_t
+                do {
+                    pid = try spawn(arguments)
+                } catch {
+                    continuation.resume(throwing: error)
+                    exit.finish()
+                    return
+                }
+                continuation.resume(returning: pid)
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                exit.yield()
+                exit.finish()
+            }
+            keeper.name = "nbdkit-keeper"
+            keeper.start()
+        }
         let uri = NBDURI(transport: .unix(path: socket))
+        let disk = EmbeddedDisk(uri: uri, pid: pid, directory: directory, exited: exited)
         // nbdkit listens a moment after it starts: try until it answers (bounded).
         var lastError: (any Error)?
         for _ in 0..<250 {
@@ -40,23 +65,19 @@ struct EmbeddedDisk: Sendable {
                 let client = try await NBDClient.connect(to: uri)
                 await client.disconnect()
                 logger.info("started embedded nbdkit memory disk", metadata: ["pid": "\(pid)", "socket": "\(socket)"])
-                return EmbeddedDisk(uri: uri, pid: pid, directory: directory)
+                return disk
             } catch {
                 lastError = error
                 try await Task.sleep(for: .milliseconds(20))
             }
         }
-        kill(pid, SIGTERM)
+        await disk.stop()
         throw lastError ?? NBDError(.connectionFailed, "embedded nbdkit did not start")
     }
 
     func stop() async {
         kill(pid, SIGTERM)
-        let pid = self.pid
-        _ = try? await NIOThreadPool.singleton.runIfActive {
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        }
+        for await _ in exited {}
         try? FileManager.default.removeItem(atPath: directory)
     }
 
