@@ -32,13 +32,4 @@ public struct GatewayResponse: Sendable {
         let wanted = name.lowercased()
         return headers.first { $0.name.lowercased() == wanted }?.value
     }
-
-    /// The body's length as it goes on the wire.
-    public var contentLength: UInt64 {
-        switch body {
-        case .empty: 0
-        case .bytes(let buffer): UInt64(buffer.readableBytes)
-        case .stream(let length, _): length
-        }
-    }
 }

@@ -18,9 +18,6 @@ public final class ExportCatalog: Sendable {
         self.logger = logger
     }
 
-    /// Every configured server, for readiness.
-    public var servers: [NBDURI] { fixed.map(\.uri) + backends }
-
     /// The pool serving `name` if it was looked up before.
     public func cachedPool(for name: String) -> ExportPool? {
         pools.withLock { $0[name] }

@@ -74,9 +74,6 @@ public final class ExportPool: Sendable {
         }
     }
 
-    /// Whether a connection is open now.
-    public var hasLiveConnection: Bool { liveInfo != nil }
-
     /// Runs `body` with a connection; the connection stays open (not idle) while it runs.
     public func withClient<T: Sendable>(_ body: (NBDClient) async throws -> T) async throws -> T {
         let client = try await acquire()

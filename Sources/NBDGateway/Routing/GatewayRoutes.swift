@@ -204,7 +204,9 @@ extension Error {
 }
 
 extension Result {
-    /// The outcome of an async throwing body, as a value.
+    /// The outcome of an async throwing body, as a value. `beginUpload` goes through this
+    /// rather than a do/catch around typed-throws calls, which crashes the Swift 6.3 optimiser
+    /// (signal 11 while splitting the coroutine) in release builds.
     init(catching body: () async throws(Failure) -> Success) async {
         do {
             self = .success(try await body())
