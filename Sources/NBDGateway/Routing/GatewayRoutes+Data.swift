@@ -119,13 +119,16 @@ extension GatewayRoutes {
     // MARK: - PUT
 
     func beginPut(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> UploadDecision {
-        _ = try putSyntax(request)
+        let syntax = try putSyntax(request)
         let (pool, info, name) = try await open(route)
-        return try preparePut(request, pool: pool, info: info, name: name)
+        return try preparePut(request, syntax, pool: pool, info: info, name: name)
     }
 
+    /// A PUT's query parameters and headers, parsed.
+    typealias PutSyntax = (fua: Bool, offset: UInt64?, contentRange: ByteRanges.ContentRange?, contentLength: UInt64?)
+
     /// The PUT's query and headers, checked before anything else (400s).
-    private func putSyntax(_ request: GatewayRequest) throws(GatewayError) -> (fua: Bool, offset: UInt64?, contentRange: ByteRanges.ContentRange?, contentLength: UInt64?) {
+    func putSyntax(_ request: GatewayRequest) throws(GatewayError) -> PutSyntax {
         let fua = try flag(request, "fua")
         let offsetParameter = try number(request, "offset")
         var contentRange: ByteRanges.ContentRange?
@@ -144,8 +147,8 @@ extension GatewayRoutes {
     }
 
     /// Decides a PUT once the export is known: permission (403), bounds (416), then the upload.
-    func preparePut(_ request: GatewayRequest, pool: ExportPool, info: NBDExportInfo, name: String) throws(GatewayError) -> UploadDecision {
-        let (fua, offsetParameter, contentRange, contentLength) = try putSyntax(request)
+    func preparePut(_ request: GatewayRequest, _ syntax: PutSyntax, pool: ExportPool, info: NBDExportInfo, name: String) throws(GatewayError) -> UploadDecision {
+        let (fua, offsetParameter, contentRange, contentLength) = syntax
         try requireWritable(info, name)
         let size = info.size
         if let contentRange, let offsetParameter, contentRange.first != offsetParameter {

@@ -90,8 +90,9 @@ public struct GatewayRoutes: GatewayHTTPHandler {
             guard let route = Route.parse(request.rawPath) else { throw GatewayError.notFound(request.rawPath) }
             guard case .data = route else { throw GatewayError.methodNotAllowed(request.method, allow: route.allowed) }
             let name = try route.exportName() ?? ""
+            let syntax = try putSyntax(request)
             guard let pool = catalog.cachedPool(for: name), let info = pool.cachedInfo else { return nil }
-            return try preparePut(request, pool: pool, info: info, name: name)
+            return try preparePut(request, syntax, pool: pool, info: info, name: name)
         } catch {
             let response = error.response(requestID: request.requestID)
             record(request, response, since: .now)
