@@ -77,9 +77,7 @@ struct ReadCommand: AsyncParsableCommand {
                 let total = length ?? (client.size - offset)
                 let sink = try await OutputFile.open(output)
                 let bar = ProgressBar(enabled: progress, total: total)
-                try await Transfer.pipelined(offset: offset, length: total, chunk: 4 << 20, window: 8) { chunkOffset, chunkLength in
-                    try await client.read(at: chunkOffset, length: chunkLength)
-                } consume: { buffer in
+                try await client.readStream(at: offset, length: total, chunkSize: 4 << 20, window: 8) { buffer in
                     try await sink.write(buffer)
                     bar.advance(by: UInt64(buffer.readableBytes))
                 }

@@ -113,31 +113,6 @@ struct POSIXFailure: Error, CustomStringConvertible {
     var description: String { "\(operation): \(String(cString: strerror(code)))" }
 }
 
-enum Transfer {
-    /// Runs `produce` on consecutive chunks with up to `window` in flight, consuming results in order.
-    static func pipelined(
-        offset: UInt64, length: UInt64, chunk: Int, window: Int,
-        produce: @escaping @Sendable (UInt64, Int) async throws -> ByteBuffer,
-        consume: (ByteBuffer) async throws -> Void
-    ) async throws {
-        var next = offset
-        let end = offset + length
-        var running: [Task<ByteBuffer, any Error>] = []
-        func launch() {
-            let size = Int(min(UInt64(chunk), end - next))
-            let at = next
-            running.append(Task { try await produce(at, size) })
-            next += UInt64(size)
-        }
-        while next < end && running.count < window { launch() }
-        while !running.isEmpty {
-            let buffer = try await running.removeFirst().value
-            if next < end { launch() }
-            try await consume(buffer)
-        }
-    }
-}
-
 /// A one-line progress bar on stderr, shown only when stderr is a terminal.
 final class ProgressBar: @unchecked Sendable {
     // Touched only from the command's own task, one call at a time.

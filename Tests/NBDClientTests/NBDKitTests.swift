@@ -99,6 +99,10 @@ struct NBDKitTests {
             let slices = try await client.readSlices(at: 12_345, length: 3_000_000)
             #expect(slices.flatMap { Array(buffer: $0) } == patternBytes(offset: 12_345, length: 3_000_000))
             #expect(try await client.readSlices(at: 5, length: 0).isEmpty)
+            // The same bytes streamed: small chunks, several in flight, handed over in order.
+            var streamed: [UInt8] = []
+            try await client.readStream(at: 12_345, length: 3_000_000, chunkSize: 65_536, window: 8) { streamed += Array(buffer: $0) }
+            #expect(streamed == patternBytes(offset: 12_345, length: 3_000_000))
             await client.disconnect()
         }
         try await withServer({ try await Servers.nbdkit(["memory", "size=8M"]) }) { server in

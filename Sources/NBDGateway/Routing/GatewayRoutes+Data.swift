@@ -72,41 +72,11 @@ extension GatewayRoutes {
             try await pool.withClient { client in
                 for (range, header) in parts {
                     if let header { try await body.write(header) }
-                    try await Self.pipelinedRead(client, range: range, chunkSize: chunkSize, window: 4) { try await body.write($0) }
+                    try await client.readStream(at: range.lowerBound, length: UInt64(range.count), chunkSize: chunkSize, window: 4) {
+                        try await body.write($0)
+                    }
                 }
                 if let trailer { try await body.write(trailer) }
-            }
-        }
-    }
-
-    /// Reads `range` in chunks with up to `window` reads in flight, handing them over in order.
-    static func pipelinedRead(
-        _ client: NBDClient, range: ClosedRange<UInt64>, chunkSize: Int, window: Int,
-        consume: (ByteBuffer) async throws -> Void
-    ) async throws {
-        let end = range.upperBound + 1
-        try await withThrowingTaskGroup(of: (Int, [ByteBuffer]).self) { group in
-            var nextOffset = range.lowerBound
-            var nextIndex = 0
-            var wanted = 0
-            var ready: [Int: [ByteBuffer]] = [:]
-            func launch() {
-                let offset = nextOffset
-                let length = Int(min(UInt64(chunkSize) - offset % UInt64(chunkSize), end - offset))
-                let index = nextIndex
-                // The received slices go on as they are: no copy into one buffer per chunk.
-                group.addTask { (index, try await client.readSlices(at: offset, length: length)) }
-                nextOffset += UInt64(length)
-                nextIndex += 1
-            }
-            while nextOffset < end && nextIndex < window { launch() }
-            while let (index, buffers) = try await group.next() {
-                ready[index] = buffers
-                while let buffers = ready.removeValue(forKey: wanted) {
-                    for buffer in buffers { try await consume(buffer) }
-                    wanted += 1
-                    if nextOffset < end { launch() }
-                }
             }
         }
     }
