@@ -158,14 +158,20 @@ extension GatewayRoutes {
         // libcurl's resume upload (`bytes a-e/-1`, nbdkit's curl plugin) gets 204 with no body:
         // nbdkit 1.32's curl plugin aborts on a body in the answer to its PUT.
         let resumeForm = contentRange != nil && contentRange?.length == nil
-        return .accept(session) { result in
+        let started = ContinuousClock.now
+        return .accept(session) { [self] result in
+            let response: GatewayResponse
             switch result {
             case .success(let length):
-                if resumeForm { return GatewayResponse(status: 204) }
-                return .json(200, Self.operationJSON("write", offset: offset, length: length))
+                response = resumeForm
+                    ? GatewayResponse(status: 204)
+                    : .json(200, Self.operationJSON("write", offset: offset, length: length))
             case .failure(let error):
-                return error.response(requestID: requestID)
+                response = error.response(requestID: requestID)
             }
+            // Counted like every other answer (refusals are counted where they are decided).
+            record(request, response, since: started)
+            return response
         }
     }
 }

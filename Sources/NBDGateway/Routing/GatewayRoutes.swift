@@ -179,7 +179,7 @@ public struct GatewayRoutes: GatewayHTTPHandler {
         return value
     }
 
-    private func record(_ request: GatewayRequest, _ response: GatewayResponse, since started: ContinuousClock.Instant) {
+    func record(_ request: GatewayRequest, _ response: GatewayResponse, since started: ContinuousClock.Instant) {
         metrics.requests(method: request.method, status: response.status).increment()
         metrics.duration(method: request.method).recordInterval(since: started)
         if response.status >= 500 {
