@@ -1,7 +1,6 @@
 import ArgumentParser
 import Logging
 import NBDClient
-import NBDProtocol
 
 @main
 struct NBDTool: AsyncParsableCommand {
@@ -58,12 +57,10 @@ struct ConnectionOptions: ParsableArguments {
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
-    } catch let error as NBDError {
-        StandardStreams.writeError("nbd: \(error)\n")
-        throw ExitCode(1)
     } catch let error as ExitCode {
         throw error
     } catch {
+        // NBDError's description names the NBD error (EIO, NBD_REP_ERR_POLICY, ...).
         StandardStreams.writeError("nbd: \(error)\n")
         throw ExitCode(1)
     }
