@@ -108,7 +108,9 @@ extension NBDClient {
         let timeout = configuration.requestTimeout
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(configuration.connectTimeout)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: configuration.receiveBufferSize))
+            // NIO keeps up to maxMessagesPerRead receive buffers and reuses any no longer referenced.
+            .channelOption(.maxMessagesPerRead, value: UInt(configuration.receiveBufferPoolSize))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = NBDChannelHandler(

@@ -62,6 +62,12 @@ public struct NBDClientConfiguration: Sendable {
     public var connectTimeout: TimeAmount
     /// Where the connection's I/O runs.
     public var eventLoopGroup: any EventLoopGroup
+    /// Largest buffer one socket read fills. Replies are handed out as slices of these buffers.
+    public var receiveBufferSize: Int
+    /// Receive buffers the connection keeps for reuse: one is read into again once every slice
+    /// of it has been released. Enough of them to cover what a reader holds at once (say
+    /// `window × chunk` of a streaming read) means no allocation, page fault or zeroing per read.
+    public var receiveBufferPoolSize: Int
 
     public init(
         tls: NBDTLSConfiguration? = nil,
@@ -71,7 +77,9 @@ public struct NBDClientConfiguration: Sendable {
         maximumBytesInFlight: Int = 64 << 20,
         requestTimeout: TimeAmount? = nil,
         connectTimeout: TimeAmount = .seconds(30),
-        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        receiveBufferSize: Int = 256 << 10,
+        receiveBufferPoolSize: Int = 16
     ) {
         self.tls = tls
         self.structuredReplies = structuredReplies
@@ -81,6 +89,8 @@ public struct NBDClientConfiguration: Sendable {
         self.requestTimeout = requestTimeout
         self.connectTimeout = connectTimeout
         self.eventLoopGroup = eventLoopGroup
+        self.receiveBufferSize = max(4096, receiveBufferSize)
+        self.receiveBufferPoolSize = max(1, receiveBufferPoolSize)
     }
 }
 

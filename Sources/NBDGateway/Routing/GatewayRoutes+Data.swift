@@ -67,7 +67,7 @@ extension GatewayRoutes {
 
     /// A body reading `parts` (each preceded by its multipart header, if any) on a pooled connection.
     private func stream(_ pool: ExportPool, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
-        let chunkSize = settings.chunkSize
+        let chunkSize = settings.readChunkSize
         return ResponseBodyStream(highWater: 4 * chunkSize) { body in
             try await pool.withClient { client in
                 for (range, header) in parts {
@@ -146,7 +146,7 @@ extension GatewayRoutes {
         let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
         let session = UploadSession(
             offset: offset, declaredLength: declared, exportName: name, exportSize: size,
-            chunkSize: settings.chunkSize, highWater: 8 * settings.chunkSize, spawn: spawn,
+            chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, spawn: spawn,
             write: { chunkOffset, chunk in
                 try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }
             },

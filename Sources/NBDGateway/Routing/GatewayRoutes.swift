@@ -28,14 +28,22 @@ public struct GatewayRoutes: GatewayHTTPHandler {
         public var openAPIDocument: String
         /// The Prometheus text served at /metrics.
         public var metricsText: @Sendable () async -> String
-        /// Size of each NBD read while streaming a GET, and of each write chunk of a PUT.
-        public var chunkSize: Int
+        /// Size of each NBD read while streaming a GET. Four are in flight and four more may
+        /// wait for the HTTP client: small enough that the connection's pooled receive buffers
+        /// (`NBDClientConfiguration.receiveBufferPoolSize`) cover them all and are reused.
+        public var readChunkSize: Int
+        /// Size of each NBD write of a PUT (chunks are cut at multiples of it).
+        public var writeChunkSize: Int
 
-        public init(readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" }, chunkSize: Int = 1 << 20) {
+        public init(
+            readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
+            readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20
+        ) {
             self.readOnly = readOnly
             self.openAPIDocument = openAPIDocument
             self.metricsText = metricsText
-            self.chunkSize = chunkSize
+            self.readChunkSize = readChunkSize
+            self.writeChunkSize = writeChunkSize
         }
     }
 

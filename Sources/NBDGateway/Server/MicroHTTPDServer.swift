@@ -427,9 +427,9 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
         } else {
             stream = body
             context.stream = body
-            // The response owns a buffer of this size (not from the connection pool): large reads
-            // into it mean few calls and large sends.
-            let blockSize = 1 << 20
+            // The response owns a buffer of this size (not from the connection pool): one read
+            // chunk per call and per send, and it stays in cache.
+            let blockSize = 256 << 10
             mhdResponse = MHD_create_response_from_callback(
                 length, blockSize, readBody, Unmanaged.passRetained(context).toOpaque(), releaseContext
             )

@@ -11,7 +11,11 @@ import Synchronization
 public final class UploadSession: Sendable {
     private struct State {
         var staging: ByteBuffer?
+        /// Bytes the staging chunk takes (up to the next multiple of `chunkSize`).
+        var stagingRoom = 0
         var stagingOffset: UInt64
+        /// Chunk buffers whose writes are done, kept for the next chunks (at most `highWater` worth).
+        var spare: [ByteBuffer] = []
         var received: UInt64 = 0
         var pendingBytes = 0
         var inFlight = 0
@@ -80,15 +84,21 @@ public final class UploadSession: Sendable {
             while consumed < bytes.count {
                 if state.staging == nil {
                     let boundary = (state.stagingOffset / UInt64(chunkSize) + 1) * UInt64(chunkSize)
-                    state.staging = ByteBufferAllocator().buffer(capacity: Int(boundary - state.stagingOffset))
+                    state.stagingRoom = Int(boundary - state.stagingOffset)
+                    if var reused = state.spare.popLast() {
+                        reused.clear()  // Keeps the memory when the finished write let go of it.
+                        state.staging = reused
+                    } else {
+                        let expected = declaredLength.map { Int(clamping: $0 - state.received + UInt64(bytes.count - consumed)) } ?? Int.max
+                        state.staging = ByteBufferAllocator().buffer(capacity: min(state.stagingRoom, expected))
+                    }
                 }
                 guard var staging = state.staging else { break }
                 state.staging = nil
-                let room = staging.writableBytes
-                let count = min(room, bytes.count - consumed)
+                let count = min(state.stagingRoom - staging.readableBytes, bytes.count - consumed)
                 staging.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[consumed..<(consumed + count)]))
                 consumed += count
-                if staging.writableBytes == 0 {
+                if staging.readableBytes == state.stagingRoom {
                     chunks.append((state.stagingOffset, staging))
                     state.stagingOffset += UInt64(staging.readableBytes)
                 } else {
@@ -121,6 +131,9 @@ public final class UploadSession: Sendable {
             let (wake, drained) = state.withLock { state -> ((@Sendable () -> Void)?, CheckedContinuation<Void, Never>?) in
                 state.pendingBytes -= chunk.readableBytes
                 state.inFlight -= 1
+                if state.spare.count * chunkSize < highWater {
+                    state.spare.append(chunk)  // Written: a later chunk reuses its memory.
+                }
                 if let failure, state.error == nil { state.error = failure }
                 var wake: (@Sendable () -> Void)?
                 if state.readerSuspended && (state.pendingBytes < highWater / 2 || state.error != nil) {
