@@ -175,12 +175,17 @@ final class RequestContext: Sendable {
 
     /// From any thread. Never after the request completed (the connection is gone then).
     func resume() {
-        state.withLock { state in
-            guard state.suspended, !state.completed, let connection else { return }
+        let resuming = state.withLock { state -> OpaquePointer? in
+            guard state.suspended, !state.completed, let connection else { return nil }
             state.suspended = false
-            core.adjustSuspended(by: -1)
-            MHD_resume_connection(connection)
+            return connection
         }
+        guard let resuming else { return }
+        // Outside the lock: the libmicrohttpd thread this wakes takes the lock at once, and
+        // would spin on it meanwhile. The connection stays valid: libmicrohttpd completes no
+        // suspended connection, and nothing else resumes it once `suspended` is false.
+        MHD_resume_connection(resuming)
+        core.adjustSuspended(by: -1)  // After: shutdown stops the daemon only at zero.
     }
 
     /// Sets the answer unless one was queued already, then resumes.
