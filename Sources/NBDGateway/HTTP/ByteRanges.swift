@@ -40,31 +40,42 @@ public enum ByteRanges {
     }
 
     /// Parses `bytes=...`; nil when it does not parse (then the header is ignored, per RFC 9110).
+    /// Works on the UTF-8 bytes: a header is ASCII when it is valid at all.
     private static func parse(_ header: String) -> [Spec]? {
-        let trimmed = header.trimmingSpaces
-        guard let equals = trimmed.firstIndex(of: "="), trimmed[..<equals].trimmingSpaces.lowercased() == "bytes" else { return nil }
+        let bytes = trimmingSpaces(Array(header.utf8)[...])
+        guard let equals = bytes.firstIndex(of: UInt8(ascii: "=")) else { return nil }
+        let unit = trimmingSpaces(bytes[..<equals])
+        guard unit.count == 5, zip(unit, "bytes".utf8).allSatisfy({ $0 | 0x20 == $1 }) else { return nil }
         var specs: [Spec] = []
-        for part in trimmed[trimmed.index(after: equals)...].split(separator: ",", omittingEmptySubsequences: false) {
-            let item = part.trimmingSpaces
+        for part in bytes[(equals + 1)...].split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+            let item = trimmingSpaces(part)
             if item.isEmpty { continue }  // RFC 9110 allows empty list elements.
-            guard let dash = item.firstIndex(of: "-") else { return nil }
+            guard let dash = item.firstIndex(of: UInt8(ascii: "-")) else { return nil }
             let first = item[..<dash]
-            let last = item[item.index(after: dash)...]
+            let last = item[(dash + 1)...]
             if first.isEmpty {
-                guard let count = decimal(last) else { return nil }
+                guard let count = decimal(digits: last) else { return nil }
                 specs.append(.suffix(count))
             } else {
-                guard let start = decimal(first) else { return nil }
+                guard let start = decimal(digits: first) else { return nil }
                 if last.isEmpty {
                     specs.append(.closed(start, nil))
                 } else {
-                    guard let end = decimal(last), end >= start else { return nil }
+                    guard let end = decimal(digits: last), end >= start else { return nil }
                     specs.append(.closed(start, end))
                 }
             }
             if specs.count > 10 * maximumRanges { return specs }  // Enough to know it is too many.
         }
         return specs.isEmpty ? nil : specs
+    }
+
+    private static func trimmingSpaces(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        let isSpace = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        guard let start = bytes.firstIndex(where: { !isSpace($0) }), let end = bytes.lastIndex(where: { !isSpace($0) }) else {
+            return bytes[bytes.endIndex...]
+        }
+        return bytes[start...end]
     }
 
     /// Sorts and merges overlapping or adjacent ranges.
@@ -110,9 +121,17 @@ public enum ByteRanges {
 
     /// A non-negative decimal that fits in 63 bits, digits only.
     public static func decimal(_ text: Substring) -> UInt64? {
-        guard !text.isEmpty, text.count <= 19, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
-        guard let value = UInt64(text), value <= UInt64(Int64.max) else { return nil }
-        return value
+        decimal(digits: text.utf8)
+    }
+
+    static func decimal<Digits: Collection<UInt8>>(digits: Digits) -> UInt64? {
+        guard !digits.isEmpty, digits.count <= 19 else { return nil }
+        var value: UInt64 = 0
+        for digit in digits {
+            guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + UInt64(digit - UInt8(ascii: "0"))  // 19 digits cannot overflow 64 bits.
+        }
+        return value <= UInt64(Int64.max) ? value : nil
     }
 }
 

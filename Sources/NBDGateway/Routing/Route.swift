@@ -53,12 +53,13 @@ enum Route: Equatable {
         case "/openapi.yaml": return .openAPI
         default: break
         }
-        let segments = rawPath.split(separator: "/", omittingEmptySubsequences: false)
-        // "/exports/NAME[/RESOURCE]" splits into "", "exports", NAME[, RESOURCE].
-        guard segments.count >= 3, segments.count <= 4, segments[0].isEmpty, segments[1] == "exports" else { return nil }
-        let name = String(segments[2])
+        // "/exports/NAME[/RESOURCE]" splits into "", "exports", NAME[, RESOURCE] (on the UTF-8
+        // bytes: "/" never occurs inside a multi-byte character).
+        let segments = rawPath.utf8.split(separator: UInt8(ascii: "/"), maxSplits: 4, omittingEmptySubsequences: false)
+        guard segments.count >= 3, segments.count <= 4, segments[0].isEmpty, segments[1].elementsEqual("exports".utf8) else { return nil }
+        guard let name = String(segments[2]) else { return nil }
         if segments.count == 3 { return .export(name) }
-        switch segments[3] {
+        switch String(segments[3]) {
         case "data": return .data(name)
         case "extents": return .extents(name)
         case "flush": return .flush(name)
