@@ -26,8 +26,8 @@ public struct GatewayConfiguration: Sendable {
 /// The gateway as a service: runs until graceful shutdown, then answers what is suspended,
 /// stops the HTTP daemon and disconnects every pool.
 ///
-/// Work that must outlive a libmicrohttpd callback (answers, body streams, upload writes) is
-/// queued as jobs and runs as child tasks of `run()`: nothing is fire-and-forget.
+/// Work that must outlive a libmicrohttpd callback (answers, body streams, upload writes) runs
+/// as jobs of a `JobRunner`, which `run()` waits for before it closes the pools.
 public final class GatewayService: Service {
     private let configuration: GatewayConfiguration
     private let logger: Logger
@@ -45,14 +45,14 @@ public final class GatewayService: Service {
         let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
         var poolSettings = configuration.pool
         poolSettings.client.eventLoopGroup = eventLoop
-        try await withTaskExecutorPreference(NBDEventLoopExecutor(eventLoop: eventLoop)) {
-            try await serve(poolSettings)
+        let executor = NBDEventLoopExecutor(eventLoop: eventLoop)
+        try await withTaskExecutorPreference(executor) {
+            try await serve(poolSettings, jobs: JobRunner(executor: executor))
         }
     }
 
-    private func serve(_ poolSettings: PoolSettings) async throws {
-        let (jobs, queue) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
-        let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void = { job in queue.yield(job) }
+    private func serve(_ poolSettings: PoolSettings, jobs: JobRunner) async throws {
+        let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void = { jobs.spawn($0) }
         let catalog = ExportCatalog(exports: configuration.exports, backends: configuration.backends, settings: poolSettings, logger: logger)
         let routes = GatewayRoutes(catalog: catalog, settings: configuration.routes, spawn: spawn, logger: logger)
         let server = try MicroHTTPDServer(configuration: configuration.http, handler: routes, spawn: spawn, logger: logger)
@@ -61,22 +61,19 @@ public final class GatewayService: Service {
 
         await withDiscardingTaskGroup { group in
             group.addTask {
-                // Until graceful shutdown (or cancellation): then drain and stop.
-                try? await gracefulShutdown()
-                await server.shutdown()
-                queue.finish()
-            }
-            group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: min(idleTimeout / 2, .seconds(30)))
                     await catalog.closeIdle()
                 }
             }
-            for await job in jobs {
-                group.addTask { await job() }
-            }
+            // Until graceful shutdown (or cancellation): then drain and stop.
+            try? await gracefulShutdown()
+            await server.shutdown()
             group.cancelAll()
         }
+        // The daemon has stopped: what still runs are producers told to stop and writes
+        // finishing on their connections. The pools close after them.
+        await jobs.waitUntilIdle()
         await catalog.close()
         logger.info("stopped")
     }

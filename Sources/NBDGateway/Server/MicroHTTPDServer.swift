@@ -56,9 +56,7 @@ public final class MicroHTTPDServer: Sendable {
         guard let address = SocketAddressStorage(host: configuration.host, port: configuration.port) else {
             throw GatewayStartError("cannot bind to host \"\(configuration.host)\": use an IPv4 or IPv6 address, or localhost")
         }
-        // TURBO: read, write and accept opportunistically before asking epoll (the listening
-        // socket is ours alone, which is what the flag asks).
-        var flags = MHD_FLAG(rawValue: MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_USE_TURBO.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue)
+        var flags = MHD_FLAG(rawValue: MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue)
         if address.isIPv6 { flags = MHD_FLAG(rawValue: flags.rawValue | MHD_USE_IPv6.rawValue) }
         let daemon: OpaquePointer? = address.withSockaddr { sockaddr in
             var options: [MHD_OptionItem] = [
