@@ -15,7 +15,8 @@ struct GatewayCommand: AsyncParsableCommand {
         discussion: """
         Every option can also be set with an environment variable: NBD_GATEWAY_HOST, NBD_GATEWAY_PORT,
         NBD_GATEWAY_BACKEND and NBD_GATEWAY_EXPORT (several separated by spaces), NBD_GATEWAY_READ_ONLY=1,
-        NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUEST_TIMEOUT, NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_LOG_LEVEL.
+        NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUESTS_PER_CONNECTION, NBD_GATEWAY_REQUEST_TIMEOUT,
+        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_LOG_LEVEL.
         Flags win over the environment. With no backend at all, an nbdkit memory disk is started.
         """
     )
@@ -26,6 +27,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("export"), help: "NAME=URI: serve one NBD export under NAME (repeatable).") var exports: [String] = []
     @Flag(name: .customLong("read-only"), help: "Refuse every write.") var readOnly = false
     @Option(name: .customLong("pool-size"), help: "Most NBD connections per export (used with CAN_MULTI_CONN).") var poolSize: Int?
+    @Option(name: .customLong("requests-per-connection"), help: "Requests one pooled connection carries before the pool spreads to another.") var requestsPerConnection: Int?
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String?
@@ -34,6 +36,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let settings = try resolved()
         if settings.port < 0 || settings.port > 65535 { throw ValidationError("--port must be 0...65535") }
         if settings.poolSize < 1 { throw ValidationError("--pool-size must be at least 1") }
+        if settings.requestsPerConnection < 1 { throw ValidationError("--requests-per-connection must be at least 1") }
         if settings.requestTimeout < 1 { throw ValidationError("--request-timeout must be at least 1 second") }
         if settings.idleTimeout < 1 { throw ValidationError("--idle-timeout must be at least 1 second") }
         for export in settings.exports {
@@ -74,7 +77,7 @@ struct GatewayCommand: AsyncParsableCommand {
             http: HTTPServerConfiguration(host: settings.host, port: settings.port),
             exports: exportURIs,
             backends: backendURIs,
-            pool: PoolSettings(maximumConnections: settings.poolSize, client: client, idleTimeout: .seconds(settings.idleTimeout)),
+            pool: PoolSettings(maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client, idleTimeout: .seconds(settings.idleTimeout)),
             routes: GatewayRoutes.Settings(
                 readOnly: settings.readOnly,
                 openAPIDocument: try OpenAPIDocument.load(),
@@ -111,6 +114,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var exports: [String]
         var readOnly: Bool
         var poolSize: Int
+        var requestsPerConnection: Int
         var requestTimeout: Int
         var idleTimeout: Int
         var logLevel: String
@@ -131,6 +135,7 @@ struct GatewayCommand: AsyncParsableCommand {
             exports: exports.isEmpty ? (env("EXPORT")?.split(separator: " ").map(String.init) ?? []) : exports,
             readOnly: readOnly || ["1", "true", "yes"].contains(env("READ_ONLY")?.lowercased() ?? ""),
             poolSize: try poolSize ?? envInt("POOL_SIZE") ?? 4,
+            requestsPerConnection: try requestsPerConnection ?? envInt("REQUESTS_PER_CONNECTION") ?? 32,
             requestTimeout: try requestTimeout ?? envInt("REQUEST_TIMEOUT") ?? 30,
             idleTimeout: try idleTimeout ?? envInt("IDLE_TIMEOUT") ?? 300,
             logLevel: logLevel ?? env("LOG_LEVEL") ?? "info"

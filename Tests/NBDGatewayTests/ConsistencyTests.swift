@@ -36,7 +36,7 @@ struct ConsistencyTests {
         let directory = try Tools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         try await withServer({ try await backend.start(directory) }) { server in
-            try await withGateway(["--export", "disk=\(server.uri)", "--pool-size", "4"]) { gateway in
+            try await withGateway(["--export", "disk=\(server.uri)", "--pool-size", "4", "--requests-per-connection", "1"]) { gateway in
                 let info = try await gateway.get("/exports/disk").json()
                 if let multiConn = backend.multiConn { #expect(info["can_multi_conn"] as? Bool == multiConn) }
                 let blockSize = 65536
@@ -94,7 +94,7 @@ struct ConsistencyTests {
         let directory = try Tools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         try await withServer({ try await backend.start(directory) }) { server in
-            try await withGateway(["--export", "disk=\(server.uri)", "--pool-size", "4"]) { gateway in
+            try await withGateway(["--export", "disk=\(server.uri)", "--pool-size", "4", "--requests-per-connection", "1"]) { gateway in
                 // Readers keep other pooled connections busy meanwhile.
                 let port = gateway.port
                 try await withThrowingTaskGroup(of: Void.self) { group in

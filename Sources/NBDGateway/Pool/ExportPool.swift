@@ -6,13 +6,22 @@ import Synchronization
 public struct PoolSettings: Sendable {
     /// Most connections per export (used only when the export has CAN_MULTI_CONN).
     public var maximumConnections: Int
+    /// Requests a connection carries at once before the pool spreads to (or opens) another.
+    /// Requests batched on one connection cost the gateway and the server less CPU than the
+    /// same requests spread thin: 4 KiB reads at 32 at once took a quarter less CPU on one
+    /// connection than over four. More connections help when one is this busy.
+    public var requestsPerConnection: Int
     /// Client settings for every connection (timeouts, in-flight bounds, TLS).
     public var client: NBDClientConfiguration
     /// Connections unused this long are closed.
     public var idleTimeout: Duration
 
-    public init(maximumConnections: Int = 4, client: NBDClientConfiguration = NBDClientConfiguration(), idleTimeout: Duration = .seconds(300)) {
+    public init(
+        maximumConnections: Int = 4, requestsPerConnection: Int = 32,
+        client: NBDClientConfiguration = NBDClientConfiguration(), idleTimeout: Duration = .seconds(300)
+    ) {
         self.maximumConnections = max(1, maximumConnections)
+        self.requestsPerConnection = max(1, requestsPerConnection)
         self.client = client
         self.idleTimeout = idleTimeout
     }
@@ -21,9 +30,13 @@ public struct PoolSettings: Sendable {
 /// The negotiated NBD connections of one export: opened lazily, bounded, shared by many
 /// requests at once (each connection pipelines), replaced when broken, with backoff.
 ///
+/// Which connection: the oldest one carrying fewer than `requestsPerConnection` requests;
+/// when every one carries that many, a new one (up to `maximumConnections`), else the least
+/// busy. So light load stays on one connection, in large batches, and heavy load spreads.
+///
 /// Consistency: without CAN_MULTI_CONN every request uses one connection, so a write
-/// acknowledged to one client is seen by every later read. With it, requests spread over up
-/// to `maximumConnections`, and writers flush before answering (a FLUSH on any connection
+/// acknowledged to one client is seen by every later read. With it, requests may spread over
+/// up to `maximumConnections`, and writers flush before answering (a FLUSH on any connection
 /// makes acknowledged writes visible on all of them).
 public final class ExportPool: Sendable {
     private struct Slot {
@@ -105,24 +118,34 @@ public final class ExportPool: Sendable {
                 if state.closed { return .fail(NBDError(.disconnected, "the gateway is shutting down", exportName: name)) }
                 state.slots.removeAll { !$0.client.isActive && $0.users == 0 }
                 let live = state.slots.indices.filter { state.slots[$0].client.isActive && !state.slots[$0].retired }
+                func use(_ index: Int) -> Step {
+                    state.slots[index].users += 1
+                    state.slots[index].lastUsed = now
+                    return .use(state.slots[index].client)
+                }
+                // 1. The oldest connection with room.
+                if let roomy = live.first(where: { state.slots[$0].users < settings.requestsPerConnection }) {
+                    return use(roomy)
+                }
+                // 2. Another connection, if the export allows one and we are not backing off.
                 let limit = state.info?.canMultiConn == true ? settings.maximumConnections : 1
-                if live.count + state.opening < limit && state.opening == 0 {
-                    if live.isEmpty, let retryAt = state.retryAt, now < retryAt, let error = state.lastError {
-                        return .fail(error)  // Backing off after failed connects.
-                    }
+                let backingOff = state.retryAt.map { now < $0 } ?? false
+                if live.count + state.opening < limit && state.opening == 0 && !backingOff {
                     state.opening += 1
                     return .open
                 }
+                // 3. One is on its way: it will have room.
+                if state.opening > 0 { return .wait }
+                // 4. Every connection is busy and no more may be opened: the least busy one,
+                // starting the scan at a rotating index among equals.
                 if !live.isEmpty {
-                    // Least busy connection, starting the scan at a rotating index among equals.
                     state.next &+= 1
                     var best = live[state.next % live.count]
                     for index in live where state.slots[index].users < state.slots[best].users { best = index }
-                    state.slots[best].users += 1
-                    state.slots[best].lastUsed = now
-                    return .use(state.slots[best].client)
+                    return use(best)
                 }
-                return .wait
+                // 5. None open, and connecting failed a moment ago.
+                return .fail(state.lastError ?? NBDError(.connectionFailed, "cannot connect", exportName: name))
             }
             switch step {
             case .use(let client):
@@ -139,7 +162,9 @@ public final class ExportPool: Sendable {
                     if resumeNow { continuation.resume() }
                 }
             case .open:
-                try await open()
+                // A failure is remembered (with backoff); the next round uses a connection that
+                // is already open, or reports the failure when there is none.
+                try? await open()
             }
         }
     }
