@@ -8,7 +8,7 @@ public struct PoolSettings: Sendable {
     public var maximumConnections: Int
     /// Requests a connection carries at once before the pool spreads to (or opens) another.
     /// Requests batched on one connection cost the gateway and the server less CPU than the
-    /// same requests spread thin: 4 KiB reads at 32 at once took a quarter less CPU on one
+    /// same requests spread thin: 4 KiB reads at 32 at once took about a fifth less CPU on one
     /// connection than over four. More connections help when one is this busy.
     public var requestsPerConnection: Int
     /// Client settings for every connection (timeouts, in-flight bounds, TLS).
