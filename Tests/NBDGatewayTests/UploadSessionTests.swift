@@ -56,45 +56,39 @@ struct UploadSessionTests {
         #expect(recorder.sorted.map(\.bytes.count) == [4096, 4096, 1808])
     }
 
+    /// Offers `count` bytes at `offset` (declaring `declared`) and returns the error the
+    /// upload ends with, and the bytes it wrote.
+    static func refusal(offset: UInt64, declared: UInt64?, size: UInt64 = 1 << 20, count: Int) async -> (GatewayError?, Int) {
+        let recorder = Recorder()
+        let session = Self.session(offset: offset, declared: declared, size: size, recorder: recorder)
+        Self.offer(session, [UInt8](repeating: 1, count: count), pieces: count)
+        let result = await session.finish()
+        let written = recorder.sorted.flatMap(\.bytes).count
+        guard case .failure(let error) = result else { return (nil, written) }
+        return (error, written)
+    }
+
     @Test("more than the declared length: 413, and nothing past the declared bytes is written")
     func longerThanDeclared() async {
-        let recorder = Recorder()
-        let session = Self.session(offset: 0, declared: 100, recorder: recorder)
-        Self.offer(session, [UInt8](repeating: 1, count: 150), pieces: 150)
-        guard case .failure(let error) = await session.finish() else {
-            Issue.record("a body longer than declared was accepted")
-            return
-        }
-        #expect(error.status == 413)
-        #expect(error.code == "payload_too_large")
-        #expect(recorder.sorted.isEmpty)
+        let (error, written) = await Self.refusal(offset: 0, declared: 100, count: 150)
+        #expect(error?.status == 413)
+        #expect(error?.code == "payload_too_large")
+        #expect(written == 0)
     }
 
     @Test("short of the declared length: 400 once the body ends")
     func shorterThanDeclared() async {
-        let recorder = Recorder()
-        let session = Self.session(offset: 0, declared: 100, recorder: recorder)
-        Self.offer(session, [UInt8](repeating: 1, count: 60), pieces: 60)
-        guard case .failure(let error) = await session.finish() else {
-            Issue.record("a short body was accepted")
-            return
-        }
-        #expect(error.status == 400)
-        #expect(error.code == "invalid_range")
-        #expect(error.message == "the body has 60 of the 100 bytes declared")
+        let (error, _) = await Self.refusal(offset: 0, declared: 100, count: 60)
+        #expect(error?.status == 400)
+        #expect(error?.code == "invalid_range")
+        #expect(error?.message == "the body has 60 of the 100 bytes declared")
     }
 
     @Test("past the end of the export: 416, nothing written")
     func pastTheEnd() async {
-        let recorder = Recorder()
-        let session = Self.session(offset: 1000, declared: nil, size: 1024, recorder: recorder)
-        Self.offer(session, [UInt8](repeating: 1, count: 100), pieces: 100)
-        guard case .failure(let error) = await session.finish() else {
-            Issue.record("a write past the end was accepted")
-            return
-        }
-        #expect(error.status == 416)
-        #expect(error.code == "range_not_satisfiable")
-        #expect(recorder.sorted.isEmpty)
+        let (error, written) = await Self.refusal(offset: 1000, declared: nil, size: 1024, count: 100)
+        #expect(error?.status == 416)
+        #expect(error?.code == "range_not_satisfiable")
+        #expect(written == 0)
     }
 }
