@@ -64,6 +64,32 @@ struct ServiceEndpointsTests {
         }
     }
 
+    @Test("/metrics: per-export NBD connections, bytes read and written, NBD errors by name")
+    func nbdMetrics() async throws {
+        let directory = try Tools.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let trigger = directory.appendingPathComponent("fail-writes")
+        // Writes fail with EIO while the trigger file exists.
+        try await withNBDKitGateway(["--filter=error", "memory", "size=1M", "error-pwrite=EIO", "error-pwrite-rate=100%", "error-pwrite-file=\(trigger.path)"]) { gateway, _ in
+            #expect(try await gateway.get("/exports/disk/data", headers: [("Range", "bytes=0-4095")]).status == 206)  // Read at once.
+            #expect(try await gateway.get("/exports/disk/data", headers: [("Range", "bytes=0-307199")]).status == 206)  // Streamed.
+            #expect(try await gateway.put("/exports/disk/data?offset=0", [UInt8](repeating: 7, count: 100)).status == 200)
+            try Data().write(to: trigger)
+            let failed = try await gateway.put("/exports/disk/data?offset=0", [UInt8](repeating: 8, count: 100))
+            #expect(failed.status == 502)
+            #expect(try failed.errorObject()["nbd_error"] as? String == "EIO")
+            let lines = try await gateway.get("/metrics").text.split(separator: "\n").map(String.init)
+            #expect(lines.contains(#"nbd_gateway_nbd_connections{export="disk"} 1.0"#), "\(lines.filter { $0.contains("nbd_") })")
+            #expect(lines.contains(#"nbd_gateway_nbd_read_bytes_total{export="disk"} 311296"#))
+            #expect(lines.contains(#"nbd_gateway_nbd_written_bytes_total{export="disk"} 100"#))
+            #expect(lines.contains(#"nbd_gateway_nbd_errors_total{export="disk",error="EIO"} 1"#))
+            #expect(lines.contains(#"nbd_gateway_nbd_connect_failures_total{export="disk"} 0"#))
+            // No series for a name nobody serves.
+            #expect(try await gateway.get("/exports/nosuch").status == 404)
+            #expect(!(try await gateway.get("/metrics").text.contains("nosuch")))
+        }
+    }
+
     @Test("/openapi.yaml serves the repository's openapi.yaml byte for byte")
     func openAPIDocument() async throws {
         try await withNBDKitGateway(["memory", "size=1M"]) { gateway, _ in

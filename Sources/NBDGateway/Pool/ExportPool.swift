@@ -57,6 +57,12 @@ public final class ExportPool: Sendable {
         var lastError: NBDError?
         var next = 0
         var closed = false
+        var metrics: PoolMetrics?
+
+        /// Publishes how many connections are open (after any change to `slots`).
+        func recordConnections() {
+            metrics?.connections.record(slots.count { $0.client.isActive })
+        }
     }
 
     public let name: String
@@ -94,14 +100,27 @@ public final class ExportPool: Sendable {
             let result = try await body(client)
             await release(client, retire: false)
             return result
-        } catch let error as NBDError where error.errno == .ESHUTDOWN {
-            // The server is going away: stop using this connection, let it finish and close.
-            await release(client, retire: true)
+        } catch let error as NBDError {
+            metrics?.failed(error)
+            // ESHUTDOWN: the server is going away: stop using this connection, let it finish and close.
+            await release(client, retire: error.errno == .ESHUTDOWN)
             throw error
         } catch {
             await release(client, retire: false)
             throw error
         }
+    }
+
+    private var metrics: PoolMetrics? { state.withLock { $0.metrics } }
+
+    /// Counts bytes a GET read from the export.
+    public func countRead(_ bytes: Int) {
+        metrics?.bytesRead.increment(by: Int64(bytes))
+    }
+
+    /// Counts bytes a PUT wrote to the export.
+    public func countWritten(_ bytes: Int) {
+        metrics?.bytesWritten.increment(by: Int64(bytes))
     }
 
     private enum Step {
@@ -116,7 +135,9 @@ public final class ExportPool: Sendable {
             let now = ContinuousClock.now
             let step = state.withLock { state -> Step in
                 if state.closed { return .fail(NBDError(.disconnected, "the gateway is shutting down", exportName: name)) }
+                let before = state.slots.count
                 state.slots.removeAll { !$0.client.isActive && $0.users == 0 }
+                if state.slots.count != before { state.recordConnections() }
                 let live = state.slots.indices.filter { state.slots[$0].client.isActive && !state.slots[$0].retired }
                 func use(_ index: Int) -> Step {
                     state.slots[index].users += 1
@@ -179,6 +200,8 @@ public final class ExportPool: Sendable {
                 state.retryAt = nil
                 state.lastError = nil
                 state.slots.append(Slot(client: client, lastUsed: .now))
+                if state.metrics == nil { state.metrics = PoolMetrics(export: name) }
+                state.recordConnections()
                 defer { state.waiters.removeAll() }
                 return state.waiters
             }
@@ -193,6 +216,7 @@ public final class ExportPool: Sendable {
                 let delay = Duration.milliseconds(50 << min(state.consecutiveFailures - 1, 7))
                 state.retryAt = .now + min(delay, .seconds(5))
                 state.lastError = nbdError
+                state.metrics?.connectFailures.increment()
                 defer { state.waiters.removeAll() }
                 return state.waiters
             }
@@ -216,6 +240,7 @@ public final class ExportPool: Sendable {
             }
             let idle = state.slots.filter { $0.retired && $0.users == 0 }.map(\.client)
             state.slots.removeAll { $0.retired && $0.users == 0 }
+            if !idle.isEmpty { state.recordConnections() }
             return idle
         }
         for client in closing {
@@ -235,6 +260,7 @@ public final class ExportPool: Sendable {
         let idle = state.withLock { state -> [NBDClient] in
             let expired = state.slots.filter { $0.users == 0 && now - $0.lastUsed > settings.idleTimeout }
             state.slots.removeAll { slot in expired.contains { $0.client === slot.client } }
+            if !expired.isEmpty { state.recordConnections() }
             return expired.map(\.client)
         }
         for client in idle { await client.disconnect() }
@@ -244,7 +270,10 @@ public final class ExportPool: Sendable {
     public func close() async {
         let clients = state.withLock { state -> [NBDClient] in
             state.closed = true
-            defer { state.slots.removeAll() }
+            defer {
+                state.slots.removeAll()
+                state.recordConnections()
+            }
             return state.slots.map(\.client)
         }
         for client in clients { await client.disconnect() }

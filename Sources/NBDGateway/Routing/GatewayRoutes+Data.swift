@@ -42,6 +42,7 @@ extension GatewayRoutes {
             if range.count <= Self.inlineBodyLimit {
                 // Small ranges are read before answering: one round trip, and errors keep their status.
                 let bytes = try await withClient(pool, info) { try await $0.read(at: range.lowerBound, length: range.count) }
+                pool.countRead(bytes.readableBytes)
                 return GatewayResponse(status: 206, headers: headers, body: .bytes(bytes))
             }
             return GatewayResponse(status: 206, headers: headers, body: .stream(length: UInt64(range.count), stream(pool, [(range, nil)])))
@@ -72,8 +73,11 @@ extension GatewayRoutes {
             try await pool.withClient { client in
                 for (range, header) in parts {
                     if let header { try await body.write(header) }
+                    var sent = 0
+                    defer { pool.countRead(sent) }
                     try await client.readStream(at: range.lowerBound, length: UInt64(range.count), chunkSize: chunkSize, window: 4) {
                         try await body.write($0)
+                        sent += $0.readableBytes
                     }
                 }
                 if let trailer { try await body.write(trailer) }
@@ -149,6 +153,7 @@ extension GatewayRoutes {
             chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, spawn: spawn,
             write: { chunkOffset, chunk in
                 try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }
+                pool.countWritten(chunk.readableBytes)
             },
             complete: {
                 if flushAfter { try await pool.withClient { try await $0.flush() } }
