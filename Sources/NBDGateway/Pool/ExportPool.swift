@@ -30,9 +30,10 @@ public struct PoolSettings: Sendable {
 /// The negotiated NBD connections of one export: opened lazily, bounded, shared by many
 /// requests at once (each connection pipelines), replaced when broken, with backoff.
 ///
-/// Which connection: the oldest one carrying fewer than `requestsPerConnection` requests;
-/// when every one carries that many, a new one (up to `maximumConnections`), else the least
-/// busy. So light load stays on one connection, in large batches, and heavy load spreads.
+/// Which connection: the oldest one with room for the request's load under
+/// `requestsPerConnection` (a request counts 1, a streaming read `streamLoad`); when none has
+/// room, a new one (up to `maximumConnections`), else the least loaded. So light load stays on
+/// one connection, in large batches, and heavy load spreads.
 ///
 /// Consistency: without CAN_MULTI_CONN every request uses one connection, so a write
 /// acknowledged to one client is seen by every later read. With it, requests may spread over
@@ -41,7 +42,8 @@ public struct PoolSettings: Sendable {
 public final class ExportPool: Sendable {
     private struct Slot {
         let client: NBDClient
-        var users = 0
+        /// Load of the requests using it now (see `withClient(load:)`).
+        var load = 0
         var lastUsed: ContinuousClock.Instant
         /// No new requests (the server said ESHUTDOWN); disconnected once unused.
         var retired = false
@@ -93,20 +95,27 @@ public final class ExportPool: Sendable {
         }
     }
 
+    /// What a streaming read counts for: half a connection. It keeps eight chunks of its
+    /// connection's receive buffers busy, half of the sixteen a connection reuses; two of them
+    /// share a connection, a third goes to another (4 concurrent 1 GiB GETs: 15% faster, and
+    /// less CPU, than on one connection).
+    public var streamLoad: Int { max(1, settings.requestsPerConnection / 2) }
+
     /// Runs `body` with a connection; the connection stays open (not idle) while it runs.
-    public func withClient<T: Sendable>(_ body: (NBDClient) async throws -> T) async throws -> T {
-        let client = try await acquire()
+    /// `load`: what `body` counts for against `requestsPerConnection` (1 for a request).
+    public func withClient<T: Sendable>(load: Int = 1, _ body: (NBDClient) async throws -> T) async throws -> T {
+        let client = try await acquire(load: load)
         do {
             let result = try await body(client)
-            await release(client, retire: false)
+            await release(client, load: load, retire: false)
             return result
         } catch let error as NBDError {
             metrics?.failed(error)
             // ESHUTDOWN: the server is going away: stop using this connection, let it finish and close.
-            await release(client, retire: error.errno == .ESHUTDOWN)
+            await release(client, load: load, retire: error.errno == .ESHUTDOWN)
             throw error
         } catch {
-            await release(client, retire: false)
+            await release(client, load: load, retire: false)
             throw error
         }
     }
@@ -130,22 +139,22 @@ public final class ExportPool: Sendable {
         case fail(NBDError)
     }
 
-    private func acquire() async throws -> NBDClient {
+    private func acquire(load: Int) async throws -> NBDClient {
         while true {
             let now = ContinuousClock.now
             let step = state.withLock { state -> Step in
                 if state.closed { return .fail(NBDError(.disconnected, "the gateway is shutting down", exportName: name)) }
                 let before = state.slots.count
-                state.slots.removeAll { !$0.client.isActive && $0.users == 0 }
+                state.slots.removeAll { !$0.client.isActive && $0.load == 0 }
                 if state.slots.count != before { state.recordConnections() }
                 let live = state.slots.indices.filter { state.slots[$0].client.isActive && !state.slots[$0].retired }
                 func use(_ index: Int) -> Step {
-                    state.slots[index].users += 1
+                    state.slots[index].load += load
                     state.slots[index].lastUsed = now
                     return .use(state.slots[index].client)
                 }
                 // 1. The oldest connection with room.
-                if let roomy = live.first(where: { state.slots[$0].users < settings.requestsPerConnection }) {
+                if let roomy = live.first(where: { state.slots[$0].load + load <= settings.requestsPerConnection }) {
                     return use(roomy)
                 }
                 // 2. Another connection, if the export allows one and we are not backing off.
@@ -162,7 +171,7 @@ public final class ExportPool: Sendable {
                 if !live.isEmpty {
                     state.next &+= 1
                     var best = live[state.next % live.count]
-                    for index in live where state.slots[index].users < state.slots[best].users { best = index }
+                    for index in live where state.slots[index].load < state.slots[best].load { best = index }
                     return use(best)
                 }
                 // 5. None open, and connecting failed a moment ago.
@@ -228,18 +237,18 @@ public final class ExportPool: Sendable {
 
     /// Returns a connection. `retire`: the server said ESHUTDOWN, so every connection to it
     /// stops taking requests and closes once idle (the server waits for its clients to leave).
-    private func release(_ client: NBDClient, retire: Bool) async {
+    private func release(_ client: NBDClient, load: Int, retire: Bool) async {
         let closing = state.withLock { state -> [NBDClient] in
             // Slots may have moved: find the client by identity.
             if let slot = state.slots.firstIndex(where: { $0.client === client }) {
-                state.slots[slot].users -= 1
+                state.slots[slot].load -= load
                 state.slots[slot].lastUsed = .now
             }
             if retire {
                 for index in state.slots.indices { state.slots[index].retired = true }
             }
-            let idle = state.slots.filter { $0.retired && $0.users == 0 }.map(\.client)
-            state.slots.removeAll { $0.retired && $0.users == 0 }
+            let idle = state.slots.filter { $0.retired && $0.load == 0 }.map(\.client)
+            state.slots.removeAll { $0.retired && $0.load == 0 }
             if !idle.isEmpty { state.recordConnections() }
             return idle
         }
@@ -258,7 +267,7 @@ public final class ExportPool: Sendable {
     public func closeIdle() async {
         let now = ContinuousClock.now
         let idle = state.withLock { state -> [NBDClient] in
-            let expired = state.slots.filter { $0.users == 0 && now - $0.lastUsed > settings.idleTimeout }
+            let expired = state.slots.filter { $0.load == 0 && now - $0.lastUsed > settings.idleTimeout }
             state.slots.removeAll { slot in expired.contains { $0.client === slot.client } }
             if !expired.isEmpty { state.recordConnections() }
             return expired.map(\.client)

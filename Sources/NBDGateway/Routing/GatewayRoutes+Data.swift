@@ -70,7 +70,7 @@ extension GatewayRoutes {
     private func stream(_ pool: ExportPool, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
         let chunkSize = settings.readChunkSize
         return ResponseBodyStream(highWater: 4 * chunkSize) { body in
-            try await pool.withClient { client in
+            try await pool.withClient(load: pool.streamLoad) { client in
                 for (range, header) in parts {
                     if let header { try await body.write(header) }
                     var sent = 0
