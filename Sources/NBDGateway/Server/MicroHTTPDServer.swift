@@ -287,8 +287,9 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     MHD_get_connection_values(connection, .GET_ARGUMENT_KIND, collectValue, Unmanaged.passUnretained(arguments).toOpaque())
     let query = arguments.pairs.map { (name: NBDQuery.decode($0.name), value: NBDQuery.decode($0.value)) }
     let rawPath = url.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(url[..<$0]) } ?? url
-    var request = GatewayRequest(method: method, rawPath: rawPath, query: query, headers: headers)
-    request.requestID = request.header("X-Request-Id").flatMap { NBDQuery.isValidRequestID($0) ? $0 : nil } ?? core.nextRequestID()
+    var received = GatewayRequest(method: method, rawPath: rawPath, query: query, headers: headers)
+    received.requestID = received.header("X-Request-Id").flatMap { NBDQuery.isValidRequestID($0) ? $0 : nil } ?? core.nextRequestID()
+    let request = received
     let context = RequestContext(request: request, connection: connection, core: core)
     core.register(context)
 
