@@ -145,9 +145,9 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let error = error as? NBDError {
             nbdError = error
         } else if case .handshake = phase, error is NIOSSLError || error is BoringSSLError {
-            nbdError = NBDError(.tlsFailure, "TLS handshake failed: \(error)")
+            nbdError = NBDError(.tlsFailure, NBDClient.plainDescription(of: error))
         } else {
-            nbdError = NBDError(.connectionLost, "\(error)")
+            nbdError = NBDError(.connectionLost, NBDClient.plainDescription(of: error))
         }
         shutDown(with: nbdError, context: context, close: true)
     }

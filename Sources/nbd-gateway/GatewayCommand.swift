@@ -16,7 +16,7 @@ struct GatewayCommand: AsyncParsableCommand {
         Every option can also be set with an environment variable: NBD_GATEWAY_HOST, NBD_GATEWAY_PORT,
         NBD_GATEWAY_BACKEND and NBD_GATEWAY_EXPORT (several separated by spaces), NBD_GATEWAY_READ_ONLY=1,
         NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUESTS_PER_CONNECTION, NBD_GATEWAY_REQUEST_TIMEOUT,
-        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_LOG_LEVEL.
+        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_LOG_LEVEL.
         Flags win over the environment. With no backend at all, an nbdkit memory disk is started.
         """
     )
@@ -30,6 +30,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("requests-per-connection"), help: "Requests one pooled connection carries before the pool spreads to another.") var requestsPerConnection: Int?
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds requests in progress get to finish after SIGTERM/SIGINT (then 503 or a cut body).") var shutdownGrace: Double?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String?
 
     func validate() throws {
@@ -39,6 +40,7 @@ struct GatewayCommand: AsyncParsableCommand {
         if settings.requestsPerConnection < 1 { throw ValidationError("--requests-per-connection must be at least 1") }
         if settings.requestTimeout < 1 { throw ValidationError("--request-timeout must be at least 1 second") }
         if settings.idleTimeout < 1 { throw ValidationError("--idle-timeout must be at least 1 second") }
+        if !(settings.shutdownGrace >= 0 && settings.shutdownGrace <= 3600) { throw ValidationError("--shutdown-grace must be 0...3600 seconds") }
         for export in settings.exports {
             guard let equals = export.firstIndex(of: "=") else { throw ValidationError("--export takes NAME=URI, not \"\(export)\"") }
             do { _ = try NBDURI(parsing: String(export[export.index(after: equals)...])) } catch { throw ValidationError("\(error)") }
@@ -74,7 +76,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var client = NBDClientConfiguration()
         client.requestTimeout = .seconds(Int64(settings.requestTimeout))
         let configuration = GatewayConfiguration(
-            http: HTTPServerConfiguration(host: settings.host, port: settings.port),
+            http: HTTPServerConfiguration(host: settings.host, port: settings.port, shutdownGrace: .milliseconds(Int64(settings.shutdownGrace * 1000))),
             exports: exportURIs,
             backends: backendURIs,
             pool: PoolSettings(maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client, idleTimeout: .seconds(settings.idleTimeout)),
@@ -120,6 +122,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var requestsPerConnection: Int
         var requestTimeout: Int
         var idleTimeout: Int
+        var shutdownGrace: Double
         var logLevel: String
     }
 
@@ -129,6 +132,11 @@ struct GatewayCommand: AsyncParsableCommand {
         func envInt(_ name: String) throws -> Int? {
             guard let text = env(name) else { return nil }
             guard let value = Int(text) else { throw ValidationError("NBD_GATEWAY_\(name) must be an integer, not \"\(text)\"") }
+            return value
+        }
+        func envDouble(_ name: String) throws -> Double? {
+            guard let text = env(name) else { return nil }
+            guard let value = Double(text) else { throw ValidationError("NBD_GATEWAY_\(name) must be a number, not \"\(text)\"") }
             return value
         }
         return Settings(
@@ -141,6 +149,7 @@ struct GatewayCommand: AsyncParsableCommand {
             requestsPerConnection: try requestsPerConnection ?? envInt("REQUESTS_PER_CONNECTION") ?? 32,
             requestTimeout: try requestTimeout ?? envInt("REQUEST_TIMEOUT") ?? 30,
             idleTimeout: try idleTimeout ?? envInt("IDLE_TIMEOUT") ?? 300,
+            shutdownGrace: try shutdownGrace ?? envDouble("SHUTDOWN_GRACE") ?? 10,
             logLevel: logLevel ?? env("LOG_LEVEL") ?? "info"
         )
     }

@@ -71,13 +71,13 @@ struct ReadmeExamplesTests {
                 #expect(result.stdoutText.contains("h   e   l   l   o   ,       d   i   s   k"), "\(line): \(result.stdoutText)")
             }
         }
-        // qemu-img's copy has the bytes written through the gateway.
-        let copy = try FileHandle(forReadingFrom: directory.appendingPathComponent("copy.raw"))
-        defer { try? copy.close() }
+        // qemu-img's copy of the first 2 MiB has the bytes written through the gateway: image.raw
+        // from 4096 on, its first 61440 bytes zeroed.
+        let head = try Data(contentsOf: directory.appendingPathComponent("head.raw"))
         let image = try Data(contentsOf: directory.appendingPathComponent("image.raw"))
-        try copy.seek(toOffset: 65536)
-        #expect(try copy.read(upToCount: image.count - 61440) == image.dropFirst(61440), "copy.raw holds image.raw after the zeroed 64 KiB")
-        #expect(try copy.seekToEnd() == 1 << 30)
+        #expect(head.count == 2 << 20)
+        #expect(head.prefix(65536) == Data(count: 65536))
+        #expect(head.dropFirst(65536).prefix(image.count - 61440) == image.dropFirst(61440), "head.raw holds image.raw after the zeroed 64 KiB")
 
         // SIGTERM: the gateway exits 0 and its nbdkit is gone.
         let log = process.stderrText

@@ -103,8 +103,9 @@ struct RefusalBeforeBodyTests {
                     // pools are backing off before they reconnect.
                     #expect(try await gateway.get("/exports/broken-rw/data", headers: [("Range", "bytes=0-10")]).status == 206)
                     #expect(try await gateway.get("/exports/broken-ro/data", headers: [("Range", "bytes=0-10")]).status == 206)
-                    doomedRW.stop()
-                    doomedRO.stop()
+                    // SIGKILL: nbdkit would finish serving its open connections after SIGTERM.
+                    kill(doomedRW.pid, SIGKILL)
+                    kill(doomedRO.pid, SIGKILL)
                     let afterDeath = try await gateway.get("/exports/broken-rw/data", headers: [("Range", "bytes=0-10")])
                     #expect(afterDeath.status >= 500, "\(afterDeath.summary)")
                     try await expectAnsweredFromHeaders(gateway, state: "broken") { _ in ("broken-rw", "broken-ro") }

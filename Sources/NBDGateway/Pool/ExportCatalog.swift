@@ -133,4 +133,9 @@ public final class ExportCatalog: Sendable {
     public func close() async {
         for pool in pools.withLock({ Array($0.values) }) { await pool.close() }
     }
+
+    /// Closes every pool's connections at once, failing what is in flight (shutdown's grace is over).
+    public func abort() async {
+        for pool in pools.withLock({ Array($0.values) }) { await pool.abort() }
+    }
 }

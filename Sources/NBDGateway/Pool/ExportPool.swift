@@ -287,4 +287,17 @@ public final class ExportPool: Sendable {
         }
         for client in clients { await client.disconnect() }
     }
+
+    /// Closes every connection now, without waiting for replies; no new ones are opened.
+    public func abort() async {
+        let clients = state.withLock { state -> [NBDClient] in
+            state.closed = true
+            defer {
+                state.slots.removeAll()
+                state.recordConnections()
+            }
+            return state.slots.map(\.client)
+        }
+        for client in clients { await client.abort() }
+    }
 }

@@ -55,20 +55,18 @@ public final class GatewayService: Service {
         let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void = { jobs.spawn($0) }
         let catalog = ExportCatalog(exports: configuration.exports, backends: configuration.backends, settings: poolSettings, logger: logger)
         let routes = GatewayRoutes(catalog: catalog, settings: configuration.routes, spawn: spawn, logger: logger)
-        let server = try MicroHTTPDServer(configuration: configuration.http, handler: routes, spawn: spawn, logger: logger)
-        onListening(server.port)
+        let server = MicroHTTPDServer(configuration: configuration.http, handler: routes, spawn: spawn, logger: logger)
         let idleTimeout = poolSettings.idleTimeout
-
-        await withDiscardingTaskGroup { group in
+        try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: min(idleTimeout / 2, .seconds(30)))
                     await catalog.closeIdle()
                 }
             }
-            // Until graceful shutdown (or cancellation): then drain and stop.
-            try? await gracefulShutdown()
-            await server.shutdown()
+            // Until graceful shutdown (or cancellation): then drain and stop. Requests that
+            // outlive the grace period lose their NBD connections without waiting for replies.
+            try await server.run(onListening: onListening, onGraceExpired: { await catalog.abort() })
             group.cancelAll()
         }
         // The daemon has stopped: what still runs are producers told to stop and writes

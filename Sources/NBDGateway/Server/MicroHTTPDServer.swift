@@ -1,102 +1,119 @@
 // The one adapter between libmicrohttpd and the gateway: C callbacks in, GatewayRequest /
-// GatewayResponse out. No thread of the Swift cooperative pool is ever blocked: a request
-// whose answer needs async work suspends its connection (MHD_suspend_connection), the work
-// runs as a job, and the job resumes the connection (MHD_resume_connection) when done.
+// GatewayResponse out. Each request's life is an `HTTPRequestStateMachine`; this file only
+// performs what its transitions decide. No thread of the Swift cooperative pool ever blocks:
+// a request whose answer needs async work suspends its connection (MHD_suspend_connection),
+// the work runs as a job, and the job resumes the connection (MHD_resume_connection).
 private import CMicroHTTPD
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
-/// Settings of the HTTP listener.
-public struct HTTPServerConfiguration: Sendable {
-    public var host: String
-    /// 0 binds a free port (read it back from `MicroHTTPDServer.port`).
-    public var port: Int
-    /// Threads answering HTTP (each with its own epoll); 1 is one internal thread.
-    public var threads: Int
-    /// Per-connection memory (headers, upload chunks up to half of it). libmicrohttpd 0.9.75
-    /// zeroes all of it after every request, so small is fast for small requests.
-    public var connectionMemoryLimit: Int
-    /// Seconds an idle keep-alive connection stays open.
-    public var connectionTimeout: Int
-    /// Largest request header section accepted (answered 431 above it).
-    public var maximumHeaderBytes: Int
-
-    public init(host: String = "127.0.0.1", port: Int = 8080, threads: Int = 2, connectionMemoryLimit: Int = 64 << 10, connectionTimeout: Int = 120, maximumHeaderBytes: Int = 16 << 10) {
-        self.host = host
-        self.port = port
-        self.threads = threads
-        self.connectionMemoryLimit = connectionMemoryLimit
-        self.connectionTimeout = connectionTimeout
-        self.maximumHeaderBytes = maximumHeaderBytes
-    }
-}
-
-/// libmicrohttpd serving a `GatewayHTTPHandler`.
+/// libmicrohttpd serving a `GatewayHTTPHandler`, with an explicit lifecycle.
 public final class MicroHTTPDServer: Sendable {
+    private enum Lifecycle: Sendable {
+        /// Created; no daemon yet.
+        case idle
+        /// Serving; the `MHD_Daemon *` as an address (the daemon is thread-safe).
+        case running(daemon: Int)
+        /// New requests are refused; those in progress finish, then the daemon stops.
+        case draining(daemon: Int)
+        /// The daemon has stopped (or never started).
+        case stopped
+    }
+
     private let core: ServerCore
-    /// The `MHD_Daemon *`, as an address (a pointer is not Sendable; the daemon is thread-safe).
-    private let daemonAddress: Int
-    /// The port actually bound.
-    public let port: Int
+    private let lifecycle = Mutex(Lifecycle.idle)
 
     public init(
         configuration: HTTPServerConfiguration,
         handler: any GatewayHTTPHandler,
         spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void,
         logger: Logger
-    ) throws {
-        let core = ServerCore(configuration: configuration, handler: handler, spawn: spawn, logger: logger)
-        self.core = core
-        guard let address = SocketAddressStorage(host: configuration.host, port: configuration.port) else {
+    ) {
+        core = ServerCore(configuration: configuration, handler: handler, spawn: spawn, logger: logger, control: connectionControl)
+    }
+
+    /// Binds and starts the daemon; returns the port bound.
+    public func start() throws -> Int {
+        let configuration = core.configuration
+        let host = configuration.host == "localhost" ? "127.0.0.1" : configuration.host.trimmingBrackets
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(ipAddress: host, port: configuration.port)
+        } catch {
             throw GatewayStartError("cannot bind to host \"\(configuration.host)\": use an IPv4 or IPv6 address, or localhost")
         }
-        var flags = MHD_FLAG(rawValue: MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue)
-        if address.isIPv6 { flags = MHD_FLAG(rawValue: flags.rawValue | MHD_USE_IPv6.rawValue) }
-        let daemon: OpaquePointer? = address.withSockaddr { sockaddr in
+        var flags = MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue
+        if case .v6 = address { flags |= MHD_USE_IPv6.rawValue }
+        let cls = Unmanaged.passUnretained(core).toOpaque()
+        let daemon: OpaquePointer? = address.withSockAddr { sockaddr, _ in
             var options: [MHD_OptionItem] = [
-                shim_option_pointer(.SOCK_ADDR, 0, sockaddr.map { UnsafeMutableRawPointer(mutating: $0) }),
+                shim_option_pointer(.SOCK_ADDR, 0, UnsafeMutableRawPointer(mutating: sockaddr)),
                 shim_option_value(.CONNECTION_MEMORY_LIMIT, configuration.connectionMemoryLimit),
                 shim_option_value(.CONNECTION_TIMEOUT, configuration.connectionTimeout),
-                shim_option_completed(requestCompleted, Unmanaged.passUnretained(core).toOpaque()),
+                shim_option_completed(requestCompleted, cls),
                 shim_option_keep_escapes(),
             ]
-            if configuration.threads > 1 {
-                options.append(shim_option_value(.THREAD_POOL_SIZE, configuration.threads))
-            }
+            if configuration.threads > 1 { options.append(shim_option_value(.THREAD_POOL_SIZE, configuration.threads)) }
             options.append(shim_option_end())
             return options.withUnsafeMutableBufferPointer { items in
-                shim_MHD_start_daemon(flags.rawValue, UInt16(configuration.port), accessHandler, Unmanaged.passUnretained(core).toOpaque(), items.baseAddress)
+                shim_MHD_start_daemon(flags, UInt16(configuration.port), accessHandler, cls, items.baseAddress)
             }
         }
         guard let daemon else {
             throw GatewayStartError("cannot listen on \(configuration.host):\(configuration.port) (in use, or not an address of this machine)")
         }
-        daemonAddress = Int(bitPattern: UnsafeMutableRawPointer(daemon))
-        port = Int(shim_MHD_bound_port(daemon))
+        let started = lifecycle.withLock { state -> Bool in
+            guard case .idle = state else { return false }
+            state = .running(daemon: Int(bitPattern: UnsafeMutableRawPointer(daemon)))
+            return true
+        }
+        guard started else {
+            MHD_stop_daemon(daemon)
+            throw GatewayStartError("the server was started twice, or after it stopped")
+        }
+        return Int(shim_MHD_bound_port(daemon))
     }
 
-    /// Stops serving: refuses new requests, lets those in progress finish (bounded), then
-    /// answers what is still suspended with 503, waits (bounded) for it to be resumed, and
-    /// stops the daemon (which libmicrohttpd forbids while any connection is suspended).
-    public func shutdown(grace: Duration = .seconds(10)) async {
-        // New requests get 503 from now on; those in progress have `grace` to finish.
+    /// Serves until graceful shutdown (or cancellation), then drains and stops.
+    /// `onListening` gets the port; `onGraceExpired` runs when requests outlive the grace
+    /// period (the gateway closes their NBD connections without waiting for replies).
+    public func run(onListening: (Int) -> Void, onGraceExpired: @escaping @Sendable () async -> Void) async throws {
+        onListening(try start())
+        try? await gracefulShutdown()
+        await shutdown(onGraceExpired: onGraceExpired)
+    }
+
+    /// Refuses new requests (503), gives those in progress the grace period, then answers what
+    /// still waits (503 before the status line, a cut body after it), waits until no
+    /// connection is suspended (libmicrohttpd aborts if stopped with one) and stops the daemon.
+    public func shutdown(onGraceExpired: @escaping @Sendable () async -> Void = {}) async {
+        let daemonAddress = lifecycle.withLock { state -> Int? in
+            guard case .running(let daemon) = state else { return nil }
+            state = .draining(daemon: daemon)
+            return daemon
+        }
+        guard let daemonAddress else { return }  // Not running, or another shutdown is under way.
         core.stopAccepting()
-        let deadline = ContinuousClock.now + grace
-        while core.liveCount > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+        if await !core.liveRequests.waitUntilZero(timeout: core.configuration.shutdownGrace) {
+            core.logger.warning("shutdown grace period over: answering what still waits", metadata: ["requests": "\(core.liveRequests.count)"])
+            core.expireGrace()
+            await onGraceExpired()
+            // The answers just given go out on libmicrohttpd's threads; a client that vanished
+            // without libmicrohttpd noticing would hold this forever, hence the bound.
+            _ = await core.liveRequests.waitUntilZero(timeout: .seconds(1))
         }
-        core.beginShutdown()
-        for _ in 0..<500 where core.suspendedCount > 0 {
-            try? await Task.sleep(for: .milliseconds(10))
+        await core.suspendedConnections.waitUntilZero()
+        // Re-checked after the awaits: only the shutdown that moved to draining stops the daemon.
+        let stop = lifecycle.withLock { state -> Bool in
+            guard case .draining(let daemon) = state, daemon == daemonAddress else { return false }
+            state = .stopped
+            return true
         }
-        guard let daemon = UnsafeMutableRawPointer(bitPattern: daemonAddress) else { return }
-        MHD_stop_daemon(OpaquePointer(daemon))
+        if stop, let daemon = UnsafeMutableRawPointer(bitPattern: daemonAddress) {
+            MHD_stop_daemon(OpaquePointer(daemon))
+        }
     }
 }
 
@@ -105,226 +122,87 @@ public struct GatewayStartError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-// MARK: - Per-request state
-
-/// One HTTP request's progress. Touched by the libmicrohttpd thread and by jobs; every
-/// mutable field lives in the mutex.
-final class RequestContext: Sendable {
-    enum Phase {
-        /// Headers are in; the answer starts on the call after the body (suspending on the
-        /// first call would make libmicrohttpd 0.9.75 close the connection afterwards).
-        case starting
-        /// A job is deciding (connection suspended).
-        case deciding
-        /// An answer is ready to queue.
-        case respond(GatewayResponse)
-        /// A PUT was accepted; its body has not arrived yet.
-        case accepted(UploadSession, @Sendable (Result<UInt64, GatewayError>) -> GatewayResponse)
-        /// A PUT body is streaming into its upload.
-        case uploading(UploadSession, @Sendable (Result<UInt64, GatewayError>) -> GatewayResponse)
-        /// The upload is finishing (connection suspended).
-        case finishing
-        /// The answer was queued.
-        case queued
-    }
-
-    private struct State {
-        var phase: Phase = .deciding
-        var suspended = false
-        var completed = false
-        var stream: ResponseBodyStream?
-    }
-
-    let request: GatewayRequest
-    /// The `MHD_Connection *` as an address; valid until `completed`.
-    private let connectionAddress: Int
-    private let state = Mutex(State())
-    private let core: ServerCore
-
-    init(request: GatewayRequest, connection: OpaquePointer, core: ServerCore) {
-        self.request = request
-        self.connectionAddress = Int(bitPattern: UnsafeMutableRawPointer(connection))
-        self.core = core
-    }
-
-    private var connection: OpaquePointer? {
-        UnsafeMutableRawPointer(bitPattern: connectionAddress).map(OpaquePointer.init)
-    }
-
-    var phase: Phase {
-        get { state.withLock { $0.phase } }
-        set { state.withLock { $0.phase = newValue } }
-    }
-
-    var stream: ResponseBodyStream? {
-        get { state.withLock { $0.stream } }
-        set { state.withLock { $0.stream = newValue } }
-    }
-
-    var isSuspended: Bool { state.withLock { $0.suspended } }
-
-    /// On the libmicrohttpd thread, inside a callback.
-    func suspend() {
-        state.withLock { state in
-            guard !state.suspended, !state.completed, let connection else { return }
-            state.suspended = true
-            core.adjustSuspended(by: 1)
-            MHD_suspend_connection(connection)
-        }
-    }
-
-    /// From any thread. Never after the request completed (the connection is gone then).
-    func resume() {
-        let resuming = state.withLock { state -> OpaquePointer? in
-            guard state.suspended, !state.completed, let connection else { return nil }
-            state.suspended = false
-            return connection
-        }
-        guard let resuming else { return }
-        // Outside the lock: the libmicrohttpd thread this wakes takes the lock at once, and
-        // would spin on it meanwhile. The connection stays valid: libmicrohttpd completes no
-        // suspended connection, and nothing else resumes it once `suspended` is false.
-        MHD_resume_connection(resuming)
-        core.adjustSuspended(by: -1)  // After: shutdown stops the daemon only at zero.
-    }
-
-    /// Sets the answer unless one was queued already, then resumes.
-    func answer(_ response: GatewayResponse) {
-        state.withLock { state in
-            if case .queued = state.phase { return }
-            state.phase = .respond(response)
-        }
-        resume()
-    }
-
-    func complete() {
-        let stream = state.withLock { state -> ResponseBodyStream? in
-            state.completed = true
-            if state.suspended {
-                state.suspended = false
-                core.adjustSuspended(by: -1)
-            }
-            return state.stream
-        }
-        stream?.cancel()
+extension String {
+    /// An IPv6 literal may come as `[::1]`.
+    fileprivate var trimmingBrackets: String {
+        hasPrefix("[") && hasSuffix("]") ? String(dropFirst().dropLast()) : self
     }
 }
 
-/// What the callbacks reach through their `cls` pointer.
-final class ServerCore: Sendable {
-    let configuration: HTTPServerConfiguration
-    let handler: any GatewayHTTPHandler
-    let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
-    let logger: Logger
-    private let live = Mutex<[ObjectIdentifier: RequestContext]>([:])
-    private let suspended = Atomic<Int>(0)
-    private let shuttingDown = Atomic<Bool>(false)
-    private let requestCounter = Atomic<UInt64>(0)
-    private let requestPrefix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
-
-    init(configuration: HTTPServerConfiguration, handler: any GatewayHTTPHandler, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
-        self.configuration = configuration
-        self.handler = handler
-        self.spawn = spawn
-        self.logger = logger
-    }
-
-    var suspendedCount: Int { suspended.load(ordering: .relaxed) }
-    var isShuttingDown: Bool { shuttingDown.load(ordering: .relaxed) }
-
-    func adjustSuspended(by delta: Int) {
-        suspended.add(delta, ordering: .relaxed)
-    }
-
-    func nextRequestID() -> String {
-        "\(requestPrefix)-\(String(requestCounter.add(1, ordering: .relaxed).newValue, radix: 36))"
-    }
-
-    func register(_ context: RequestContext) { live.withLock { $0[ObjectIdentifier(context)] = context } }
-    func unregister(_ context: RequestContext) { live.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(context)) } }
-
-    var liveCount: Int { live.withLock { $0.count } }
-
-    func stopAccepting() {
-        shuttingDown.store(true, ordering: .relaxed)
-    }
-
-    /// Cuts what is still running: streams stop, suspended requests answer 503.
-    func beginShutdown() {
-        shuttingDown.store(true, ordering: .relaxed)
-        let contexts = live.withLock { Array($0.values) }
-        for context in contexts {
-            context.stream?.cancel()
-            if context.isSuspended {
-                context.answer(GatewayError.unavailable("the gateway is shutting down").response(requestID: context.request.requestID))
-            }
-        }
-    }
-}
 
 // MARK: - Callbacks (non-capturing; they find the server through `cls`)
+
+private func connectionPointer(_ address: Int) -> OpaquePointer? {
+    UnsafeMutableRawPointer(bitPattern: address).map(OpaquePointer.init)
+}
+
+private let connectionControl = ConnectionControl(
+    suspend: { address in connectionPointer(address).map { MHD_suspend_connection($0) } },
+    resume: { address in connectionPointer(address).map { MHD_resume_connection($0) } }
+)
 
 private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadDataSize, contextPointer in
     guard let cls, let connection, let url, let method, let uploadDataSize, let contextPointer else { return .NO }
     let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
     guard let existing = contextPointer.pointee else {
-        let context = firstCall(core, connection, url: String(cString: url), method: String(cString: method))
+        let (context, result) = firstCall(core, connection, url: String(cString: url), method: String(cString: method))
         contextPointer.pointee = Unmanaged.passRetained(context).toOpaque()
-        return .YES
+        return result
     }
     let context = Unmanaged<RequestContext>.fromOpaque(existing).takeUnretainedValue()
     return nextCall(core, context, connection, uploadData, uploadDataSize)
 }
 
-/// Headers are complete: build the request, start the job that answers or decides, suspend.
-private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: String, method: String) -> RequestContext {
+/// Headers are complete: build the request and let the machine decide how it starts.
+private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: String, method: String) -> (RequestContext, MHD_Result) {
     let collected = HeaderCollector()
-    let collector = Unmanaged.passUnretained(collected).toOpaque()
-    MHD_get_connection_values(connection, .HEADER_KIND, collectValue, collector)
-    let headers = collected.pairs
-    let headerBytes = collected.bytes
+    MHD_get_connection_values(connection, .HEADER_KIND, collectValue, Unmanaged.passUnretained(collected).toOpaque())
     let arguments = HeaderCollector()
     MHD_get_connection_values(connection, .GET_ARGUMENT_KIND, collectValue, Unmanaged.passUnretained(arguments).toOpaque())
     let query = arguments.pairs.map { (name: NBDQuery.decode($0.name), value: NBDQuery.decode($0.value)) }
     let rawPath = url.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(url[..<$0]) } ?? url
-    var received = GatewayRequest(method: method, rawPath: rawPath, query: query, headers: headers)
+    var received = GatewayRequest(method: method, rawPath: rawPath, query: query, headers: collected.pairs)
     received.requestID = received.header("X-Request-Id").flatMap { NBDQuery.isValidRequestID($0) ? $0 : nil } ?? core.nextRequestID()
     let request = received
-    let context = RequestContext(request: request, connection: connection, core: core)
+    let context = RequestContext(request: request, connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), core: core)
     core.register(context)
 
-    if headerBytes > core.configuration.maximumHeaderBytes {
-        refuseNow(GatewayError.headerTooLarge("request headers exceed \(core.configuration.maximumHeaderBytes) bytes"), context, connection, core)
-        return context
-    }
-    if core.isShuttingDown {
-        refuseNow(GatewayError.unavailable("the gateway is shutting down"), context, connection, core)
-        return context
+    let start: RequestContext.Machine.Start
+    if collected.bytes > core.configuration.maximumHeaderBytes {
+        start = .refuse(refusingBody(GatewayError.headerTooLarge("request headers exceed \(core.configuration.maximumHeaderBytes) bytes").response(requestID: request.requestID), of: request))
+    } else if core.isShuttingDown {
+        start = .refuse(refusingBody(GatewayError.unavailable("the gateway is shutting down").response(requestID: request.requestID), of: request))
+    } else if method != "PUT" {
+        start = .respondLater
+    } else if let decision = core.handler.decideUploadImmediately(request) {
+        start = verdict(decision, context)  // The export is known: decided now, before any body byte.
+    } else {
+        start = .decideUpload
     }
     let handler = core.handler
-    guard method == "PUT" else {
-        context.phase = .starting
-        return context
-    }
-    // A PUT is decided before its body: at once when the export is known, else by a job
-    // while the connection is suspended.
-    if let decision = handler.decideUploadImmediately(request) {
-        if case .reject(let response) = decision {
-            // Queued now, before libmicrohttpd sends 100 Continue and before any body byte is
-            // awaited: a client that withholds its body still gets the answer.
-            context.phase = .queued
-            _ = queue(refusingBody(response, of: request), for: context, on: connection, core: core)
-        } else {
-            apply(decision, to: context)
+    switch context.transition({ $0.headersReceived(start) }) {
+    case .queue(let response):
+        return (context, queue(response, for: context, on: connection, core: core))
+    case .suspendAndDecide:
+        core.spawn {
+            let decided = verdict(await handler.beginUpload(request), context)
+            context.transition { $0.decided(decided) }
         }
-        return context
+        return (context, .YES)
+    default:
+        return (context, .YES)
     }
-    context.suspend()
-    core.spawn {
-        apply(await handler.beginUpload(request), to: context)
-        context.resume()
+}
+
+/// An upload decision as the machine's verdict; an accepted upload wakes this connection.
+private func verdict(_ decision: UploadDecision, _ context: RequestContext) -> RequestContext.Machine.Start {
+    switch decision {
+    case .reject(let response):
+        return .refuse(refusingBody(response, of: context.request))
+    case .accept(let session, let respond):
+        session.setWake { context.wake() }
+        return .upload(AcceptedUpload(session: session, respond: respond))
     }
-    return context
 }
 
 /// A refusal sent before the request's body was read. libmicrohttpd then closes the
@@ -338,79 +216,37 @@ private func refusingBody(_ response: GatewayResponse, of request: GatewayReques
     return closing
 }
 
-/// Answers during the first call, before any body is read.
-private func refuseNow(_ error: GatewayError, _ context: RequestContext, _ connection: OpaquePointer, _ core: ServerCore) {
-    context.phase = .queued
-    _ = queue(refusingBody(error.response(requestID: context.request.requestID), of: context.request), for: context, on: connection, core: core)
-}
-
-private func apply(_ decision: UploadDecision, to context: RequestContext) {
-    switch decision {
-    case .reject(let response):
-        // Decided while suspended, before any body byte was read.
-        context.phase = .respond(refusingBody(response, of: context.request))
-    case .accept(let session, let respond):
-        session.setWake { context.resume() }
-        context.phase = .accepted(session, respond)
-    }
-}
-
 private func nextCall(
     _ core: ServerCore, _ context: RequestContext, _ connection: OpaquePointer,
     _ uploadData: UnsafePointer<CChar>?, _ uploadDataSize: UnsafeMutablePointer<Int>
 ) -> MHD_Result {
     let size = uploadDataSize.pointee
-    switch context.phase {
-    case .starting:
-        if size > 0 {
-            uploadDataSize.pointee = 0  // A body this method does not use is discarded.
-            return .YES
-        }
-        if core.isShuttingDown { return refuseDuringShutdown(context, connection, core) }
-        context.phase = .deciding
-        context.suspend()
-        let handler = core.handler
-        let request = context.request
-        core.spawn { context.answer(await handler.respond(to: request)) }
+    let refusal = core.isShuttingDown ? GatewayError.unavailable("the gateway is shutting down").response(requestID: context.request.requestID) : nil
+    let request = context.request
+    switch context.transition({ $0.called(bodyBytes: size, refusal: refusal) }) {
+    case .proceed, .suspend, .resume:
         return .YES
-    case .respond(let response):
-        // A body we do not read is discarded; the answer goes out on a call without data.
-        if size > 0 {
-            uploadDataSize.pointee = 0
-            return .YES
-        }
-        context.phase = .queued
-        return queue(response, for: context, on: connection, core: core)
-    case .accepted(let session, let respond):
-        context.phase = .uploading(session, respond)
-        if size == 0 { return .YES }  // Called again before the body (100 Continue goes out now).
-        return upload(session, context, uploadData, uploadDataSize)
-    case .uploading(let session, let respond):
-        if size > 0 { return upload(session, context, uploadData, uploadDataSize) }
-        // The body ended: finish the writes in a job, answer when it is done. (During shutdown
-        // too: the writes were acknowledged to nobody yet, and the daemon waits for us.)
-        context.phase = .finishing
-        context.suspend()
-        core.spawn { context.answer(respond(await session.finish())) }
-        return .YES
-    case .deciding, .finishing, .queued:
+    case .discard:
         uploadDataSize.pointee = 0
         return .YES
+    case .queue(let response):
+        return queue(response, for: context, on: connection, core: core)
+    case .suspendAndRespond:
+        let handler = core.handler
+        core.spawn { context.answer(await handler.respond(to: request)) }
+        return .YES
+    case .suspendAndDecide:
+        return .YES  // Decisions start on the first call only.
+    case .offer(let upload):
+        if let uploadData {
+            upload.session.offer(UnsafeRawBufferPointer(start: uploadData, count: size)) { context.suspend() }
+        }
+        uploadDataSize.pointee = 0
+        return .YES
+    case .suspendAndFinish(let upload):
+        core.spawn { context.answer(upload.respond(await upload.session.finish())) }
+        return .YES
     }
-}
-
-/// New work is refused once shutdown began: the daemon stops when nothing is suspended.
-private func refuseDuringShutdown(_ context: RequestContext, _ connection: OpaquePointer, _ core: ServerCore) -> MHD_Result {
-    context.phase = .queued
-    return queue(GatewayError.unavailable("the gateway is shutting down").response(requestID: context.request.requestID), for: context, on: connection, core: core)
-}
-
-private func upload(_ session: UploadSession, _ context: RequestContext, _ data: UnsafePointer<CChar>?, _ size: UnsafeMutablePointer<Int>) -> MHD_Result {
-    if let data {
-        session.offer(UnsafeRawBufferPointer(start: data, count: size.pointee)) { context.suspend() }
-    }
-    size.pointee = 0
-    return .YES
 }
 
 private func queue(_ response: GatewayResponse, for context: RequestContext, on connection: OpaquePointer, core: ServerCore) -> MHD_Result {
@@ -451,7 +287,7 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
     let result = MHD_queue_response(connection, UInt32(response.status), mhdResponse)
     MHD_destroy_response(mhdResponse)
     if let stream, result == .YES {
-        core.spawn { await stream.run(wake: { context.resume() }) }
+        core.spawn { await stream.run(wake: { context.wake() }) }
     }
     return result
 }
@@ -498,46 +334,4 @@ private let collectValue: MHD_KeyValueIterator = { cls, _, key, value in
     collector.bytes += name.utf8.count + text.utf8.count + 4
     collector.pairs.append((name, text))
     return .YES
-}
-
-/// An IPv4 or IPv6 socket address for MHD_OPTION_SOCK_ADDR.
-private struct SocketAddressStorage {
-    private let storage: sockaddr_storage
-    let isIPv6: Bool
-
-    init?(host: String, port: Int) {
-        let literal = host == "localhost" ? "127.0.0.1" : host.trimmingCharacters(in: "[]")
-        var storage = sockaddr_storage()
-        var v4 = sockaddr_in()
-        var v6 = sockaddr_in6()
-        if inet_pton(AF_INET, literal, &v4.sin_addr) == 1 {
-            v4.sin_family = sa_family_t(AF_INET)
-            v4.sin_port = UInt16(port).bigEndian
-            withUnsafeBytes(of: v4) { source in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: source) } }
-            isIPv6 = false
-        } else if inet_pton(AF_INET6, literal, &v6.sin6_addr) == 1 {
-            v6.sin6_family = sa_family_t(AF_INET6)
-            v6.sin6_port = UInt16(port).bigEndian
-            withUnsafeBytes(of: v6) { source in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: source) } }
-            isIPv6 = true
-        } else {
-            return nil
-        }
-        self.storage = storage
-    }
-
-    func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>?) -> T) -> T {
-        withUnsafeBytes(of: storage) { raw in
-            body(raw.baseAddress?.assumingMemoryBound(to: sockaddr.self))
-        }
-    }
-}
-
-extension String {
-    fileprivate func trimmingCharacters(in set: String) -> String {
-        var text = Substring(self)
-        while let first = text.first, set.contains(first) { text.removeFirst() }
-        while let last = text.last, set.contains(last) { text.removeLast() }
-        return String(text)
-    }
 }

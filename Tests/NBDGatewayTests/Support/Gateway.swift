@@ -45,7 +45,11 @@ final class Gateway: Sendable {
     /// `listening on` line.
     static func start(_ arguments: [String]) async throws -> Gateway {
         let directory = try Tools.temporaryDirectory()
-        let fullArguments = ["--host", "127.0.0.1", "--port", "0"] + arguments
+        // A short grace period unless the test sets one: `stop()` allows 10 s, and a client
+        // that vanished mid-body can hold its request open until the grace ends (libmicrohttpd
+        // 0.9.75 sometimes misses the FIN of a connection resumed during its body).
+        let grace = arguments.contains("--shutdown-grace") ? [] : ["--shutdown-grace", "3"]
+        let fullArguments = ["--host", "127.0.0.1", "--port", "0"] + grace + arguments
         let process = try BackgroundProcess(try Paths.gatewayBinary(), fullArguments, stderrPath: directory.appendingPathComponent("stderr").path)
         do {
             let line = try await process.waitForLine(containing: "listening on http://", timeout: .seconds(20))

@@ -7,7 +7,7 @@ import Synchronization
 /// they never block the cooperative pool nor queue behind NIO's small default pool (2 threads
 /// on a 2-core machine), where one slow child would stall every other test.
 let blockingPool: NIOThreadPool = {
-    let pool = NIOThreadPool(numberOfThreads: 24)
+    let pool = NIOThreadPool(numberOfThreads: 64)
     pool.start()
     return pool
 }()
