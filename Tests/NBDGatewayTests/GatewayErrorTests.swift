@@ -71,8 +71,8 @@ struct GatewayErrorTests {
     @Test("every row of the contract's table", arguments: rows)
     func mapping(_ row: Row) {
         let mapped = GatewayError(row.error, export: "disk", exportSize: 1 << 20, writing: row.writing)
-        #expect(mapped.status == row.status)
-        #expect(mapped.code == row.code)
+        #expect(mapped.status.code == row.status)
+        #expect(mapped.code.name == row.code)
         #expect(mapped.nbdError == row.nbdError)
         #expect(mapped.nbdErrno == row.nbdErrno)
         #expect(mapped.export == "disk")
@@ -84,12 +84,21 @@ struct GatewayErrorTests {
         #expect(mapped.message.isEmpty == false)
     }
 
+    @Test("openapi.yaml's error table is NBDErrorTable, row for row")
+    func contractTableIsTheCodeTable() throws {
+        let contract = try String(contentsOf: Paths.openAPI, encoding: .utf8).components(separatedBy: "\n")
+        let header = try #require(contract.firstIndex { $0.contains("| NBD error | HTTP | `code` |") })
+        let rows = contract[(header + 2)...].prefix { $0.trimmingCharacters(in: .whitespaces).hasPrefix("|") }
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        #expect(Array(rows) == NBDErrorTable.markdownRows)
+    }
+
     @Test("nbd_error and nbd_errno are null together, even for an option error the protocol does not name")
     func unnamedOptionError() {
         let error = NBDError(.optionRefused, optionError: NBDOptionError(rawValue: (1 << 31) + 99))
         let mapped = GatewayError(error, export: "disk")
-        #expect(mapped.status == 502)
-        #expect(mapped.code == "backend_error")
+        #expect(mapped.status == .badGateway)
+        #expect(mapped.code == .backendError)
         #expect((mapped.nbdError == nil) == (mapped.nbdErrno == nil))
     }
 

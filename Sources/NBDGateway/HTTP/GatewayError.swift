@@ -2,8 +2,37 @@ import NBDClient
 
 /// An error answer: HTTP status, stable code, and the NBD error behind it (see openapi.yaml, `Error`).
 public struct GatewayError: Error, Sendable, Equatable {
-    public var status: Int
-    public var code: String
+    /// A stable snake_case name for what went wrong, extensible like `NBDError.Code`.
+    public struct Code: Hashable, Sendable, ExpressibleByStringLiteral, CustomStringConvertible {
+        public let name: String
+        public init(_ name: String) { self.name = name }
+        public init(stringLiteral name: String) { self.name = name }
+        public var description: String { name }
+
+        public static let badRequest: Code = "bad_request"
+        public static let invalidRange: Code = "invalid_range"
+        public static let invalidArgument: Code = "invalid_argument"
+        public static let notFound: Code = "not_found"
+        public static let unknownExport: Code = "unknown_export"
+        public static let methodNotAllowed: Code = "method_not_allowed"
+        public static let readOnly: Code = "read_only"
+        public static let forbidden: Code = "forbidden"
+        public static let listingRefused: Code = "listing_refused"
+        public static let payloadTooLarge: Code = "payload_too_large"
+        public static let rangeNotSatisfiable: Code = "range_not_satisfiable"
+        public static let requestHeaderTooLarge: Code = "request_header_too_large"
+        public static let internalError: Code = "internal_error"
+        public static let notImplemented: Code = "not_implemented"
+        public static let backendError: Code = "backend_error"
+        public static let backendUnreachable: Code = "backend_unreachable"
+        public static let badGateway: Code = "bad_gateway"
+        public static let serviceUnavailable: Code = "service_unavailable"
+        public static let gatewayTimeout: Code = "gateway_timeout"
+        public static let insufficientStorage: Code = "insufficient_storage"
+    }
+
+    public var status: HTTPStatus
+    public var code: Code
     public var message: String
     public var nbdError: String?
     public var nbdErrno: UInt32?
@@ -11,7 +40,7 @@ public struct GatewayError: Error, Sendable, Equatable {
     /// Extra headers (`Allow`, `Retry-After`, `Content-Range`).
     public var headers: [(name: String, value: String)]
 
-    public init(_ status: Int, _ code: String, _ message: String, nbdError: String? = nil, nbdErrno: UInt32? = nil, export: String? = nil, headers: [(name: String, value: String)] = []) {
+    public init(_ status: HTTPStatus, _ code: Code, _ message: String, nbdError: String? = nil, nbdErrno: UInt32? = nil, export: String? = nil, headers: [(name: String, value: String)] = []) {
         self.status = status
         self.code = code
         self.message = message
@@ -28,102 +57,77 @@ public struct GatewayError: Error, Sendable, Equatable {
     // MARK: - The gateway's own errors
 
     public static func badRequest(_ message: String, export: String? = nil) -> GatewayError {
-        GatewayError(400, "bad_request", message, export: export)
+        GatewayError(.badRequest, .badRequest, message, export: export)
     }
     public static func invalidRange(_ message: String, export: String? = nil) -> GatewayError {
-        GatewayError(400, "invalid_range", message, export: export)
+        GatewayError(.badRequest, .invalidRange, message, export: export)
     }
     public static func notFound(_ path: String) -> GatewayError {
-        GatewayError(404, "not_found", "no resource at \(path)")
+        GatewayError(.notFound, .notFound, "no resource at \(path)")
     }
     public static func unknownExport(_ name: String) -> GatewayError {
-        GatewayError(404, "unknown_export", "no export named \"\(name)\"", nbdError: NBDOptionError.unknown.name, nbdErrno: NBDOptionError.unknown.rawValue, export: name)
+        GatewayError(.notFound, .unknownExport, "no export named \"\(name)\"", nbdError: NBDOptionError.unknown.name, nbdErrno: NBDOptionError.unknown.rawValue, export: name)
     }
     public static func methodNotAllowed(_ method: String, allow: [String]) -> GatewayError {
-        GatewayError(405, "method_not_allowed", "method \(method) is not allowed here", headers: [("Allow", allow.joined(separator: ", "))])
+        GatewayError(.methodNotAllowed, .methodNotAllowed, "method \(method) is not allowed here", headers: [("Allow", allow.joined(separator: ", "))])
     }
     public static func readOnly(_ export: String) -> GatewayError {
-        GatewayError(403, "read_only", "export \"\(export)\" is read-only", nbdError: "EPERM", nbdErrno: 1, export: export)
+        GatewayError(.forbidden, .readOnly, "export \"\(export)\" is read-only", nbdError: "EPERM", nbdErrno: 1, export: export)
     }
     public static func notImplemented(_ message: String, export: String?) -> GatewayError {
-        GatewayError(501, "not_implemented", message, nbdError: "ENOTSUP", nbdErrno: 95, export: export)
+        GatewayError(.notImplemented, .notImplemented, message, nbdError: "ENOTSUP", nbdErrno: 95, export: export)
     }
-    public static func unsatisfiable(_ message: String, size: UInt64, export: String?, code: String = "range_not_satisfiable") -> GatewayError {
-        GatewayError(416, code, message, export: export, headers: [("Content-Range", "bytes */\(size)")])
+    public static func unsatisfiable(_ message: String, size: UInt64, export: String?, code: Code = .rangeNotSatisfiable) -> GatewayError {
+        GatewayError(.rangeNotSatisfiable, code, message, export: export, headers: [("Content-Range", "bytes */\(size)")])
     }
     public static func payloadTooLarge(_ message: String, export: String?) -> GatewayError {
-        GatewayError(413, "payload_too_large", message, export: export)
+        GatewayError(.payloadTooLarge, .payloadTooLarge, message, export: export)
     }
     public static func headerTooLarge(_ message: String) -> GatewayError {
-        GatewayError(431, "request_header_too_large", message)
+        GatewayError(.requestHeaderFieldsTooLarge, .requestHeaderTooLarge, message)
     }
     public static func internalError(_ message: String) -> GatewayError {
-        GatewayError(500, "internal_error", message)
+        GatewayError(.internalServerError, .internalError, message)
     }
-    public static func unavailable(_ message: String, code: String = "service_unavailable") -> GatewayError {
-        GatewayError(503, code, message, headers: [("Retry-After", "1")])
+    public static func unavailable(_ message: String, code: Code = .serviceUnavailable) -> GatewayError {
+        GatewayError(.serviceUnavailable, code, message, headers: [("Retry-After", "1")])
     }
 
     // MARK: - NBD errors
 
-    /// How an NBD failure answers over HTTP. `writing` tells EOVERFLOW on writes (413) from reads (416).
+    /// How an NBD failure answers over HTTP: the row of `NBDErrorTable` it matches.
+    /// `writing` tells EOVERFLOW on writes (413) from reads (416).
     public init(_ error: NBDError, export: String?, exportSize: UInt64? = nil, writing: Bool = false) {
-        // The name the gateway serves the export under, not the backend's NBD name.
-        let name = export ?? error.exportName
-        let message = error.message.isEmpty ? "\(error)" : error.message
+        let row = NBDErrorTable.row(for: error, writing: writing)
+        var headers: [(name: String, value: String)] = []
+        if row.retryAfter { headers.append(("Retry-After", "1")) }
+        if row.status == .rangeNotSatisfiable, let exportSize { headers.append(("Content-Range", "bytes */\(exportSize)")) }
+        let behind = Self.nbdErrorBehind(error)
+        self.init(
+            row.status, row.code, error.message.isEmpty ? "\(error)" : error.message,
+            nbdError: behind?.name, nbdErrno: behind?.number,
+            export: export ?? error.exportName,  // The name the gateway serves it under, not the backend's.
+            headers: headers
+        )
+    }
+
+    /// The NBD error the answer names: the server's errno or option error, or what a failure
+    /// the client found itself stands for.
+    static func nbdErrorBehind(_ error: NBDError) -> (name: String, number: UInt32)? {
         if let errno = error.errno {
             // An unknown errno is reported raw, named EINVAL (as the protocol says to treat it).
-            let errnoName = errno.isKnown ? errno.name : "EINVAL"
-            func make(_ status: Int, _ code: String, headers: [(name: String, value: String)] = []) -> GatewayError {
-                GatewayError(status, code, message, nbdError: errnoName, nbdErrno: errno.rawValue, export: name, headers: headers)
-            }
-            if error.code == .readOnly { self = make(403, "read_only"); return }
-            if error.code == .unimplemented { self = make(501, "not_implemented"); return }
-            switch errno {
-            case .EPERM: self = make(403, "forbidden")
-            case .EIO: self = make(502, "backend_error")
-            case .ENOMEM, .ESHUTDOWN: self = make(503, "service_unavailable", headers: [("Retry-After", "1")])
-            case .ENOSPC: self = make(507, "insufficient_storage")
-            case .EOVERFLOW:
-                self = writing
-                    ? make(413, "payload_too_large")
-                    : make(416, "range_not_satisfiable", headers: exportSize.map { [("Content-Range", "bytes */\($0)")] } ?? [])
-            case .ENOTSUP: self = make(501, "not_implemented")
-            default: self = make(400, "invalid_argument")
-            }
-            return
+            return (errno.isKnown ? errno.name : "EINVAL", errno.rawValue)
         }
         if let option = error.optionError {
-            func make(_ status: Int, _ code: String, headers: [(name: String, value: String)] = []) -> GatewayError {
-                // An option error the protocol does not name is reported as neither name nor number.
-                let named = !option.name.hasPrefix("NBD_REP_ERR_UNKNOWN_VALUE")
-                return GatewayError(status, code, message, nbdError: named ? option.name : nil,
-                                    nbdErrno: named ? option.rawValue : nil, export: name, headers: headers)
-            }
-            switch option {
-            case .unknown: self = make(404, "unknown_export")
-            case .policy: self = error.code == .listingRefused ? make(403, "listing_refused") : make(403, "forbidden")
-            case .invalid, .tooBig: self = make(400, "invalid_argument")
-            case .unsupported, .platform: self = make(501, "not_implemented")
-            case .shutdown: self = make(503, "service_unavailable", headers: [("Retry-After", "1")])
-            default: self = make(502, "backend_error")
-            }
-            return
+            // An option error the protocol does not name is reported as neither name nor number.
+            return option.name.hasPrefix("NBD_REP_ERR_UNKNOWN_VALUE") ? nil : (option.name, option.rawValue)
         }
         switch error.code {
-        case .unknownExport: self = .unknownExport(name ?? "")
-        case .listingUnsupported: self = GatewayError(501, "not_implemented", message, export: name)
-        case .timeout: self = GatewayError(504, "gateway_timeout", message, export: name)
-        case .protocolViolation: self = GatewayError(502, "bad_gateway", message, export: name)
-        case .connectionFailed, .connectionLost, .disconnected, .tlsFailure, .tlsRequired, .unsupportedServer:
-            self = GatewayError(502, "backend_unreachable", message, export: name)
-        case .readOnly: self = .readOnly(name ?? "")
-        case .unimplemented: self = .notImplemented(message, export: name)
-        case .outOfBounds:
-            self = .unsatisfiable(message, size: exportSize ?? 0, export: name)
-        case .invalidArgument: self = GatewayError(400, "invalid_argument", message, nbdError: "EINVAL", nbdErrno: 22, export: name)
-        case .invalidURI: self = GatewayError(500, "internal_error", message, export: name)
-        default: self = GatewayError(502, "backend_error", message, export: name)
+        case .readOnly: return ("EPERM", NBDErrno.EPERM.rawValue)
+        case .unimplemented: return ("ENOTSUP", NBDErrno.ENOTSUP.rawValue)
+        case .invalidArgument: return ("EINVAL", NBDErrno.EINVAL.rawValue)
+        case .unknownExport: return (NBDOptionError.unknown.name, NBDOptionError.unknown.rawValue)
+        default: return nil
         }
     }
 
@@ -131,8 +135,8 @@ public struct GatewayError: Error, Sendable, Equatable {
     public func body(requestID: String) -> String {
         JSON.Value.object([
             ("error", .object([
-                ("status", .int(UInt64(status))),
-                ("code", .string(code)),
+                ("status", .int(UInt64(status.code))),
+                ("code", .string(code.name)),
                 ("message", .string(message)),
                 ("nbd_error", nbdError.map { .string($0) } ?? .null),
                 ("nbd_errno", nbdErrno.map { .int(UInt64($0)) } ?? .null),
@@ -144,6 +148,6 @@ public struct GatewayError: Error, Sendable, Equatable {
 
     /// The whole HTTP answer.
     public func response(requestID: String) -> GatewayResponse {
-        .json(status, body(requestID: requestID), headers: headers)
+        .json(status.code, body(requestID: requestID), headers: headers)
     }
 }
