@@ -3,6 +3,17 @@ import Testing
 
 @Suite("Route: raw paths to resources (pure)")
 struct RouteTests {
+    @Test("absolute-form targets lose scheme and authority; origin-form ones stay as they are")
+    func originForm() {
+        #expect(GatewayRequest.originForm("http://host/healthz") == "/healthz")
+        #expect(GatewayRequest.originForm("HTTPS://host:8443/exports/d/data?offset=1") == "/exports/d/data?offset=1")
+        #expect(GatewayRequest.originForm("http://host") == "/")
+        #expect(GatewayRequest.originForm("http://host?x=1") == "/?x=1")
+        #expect(GatewayRequest.originForm("/exports/http://x") == "/exports/http://x")
+        #expect(GatewayRequest.originForm("http:/x") == "http:/x")
+        #expect(GatewayRequest.originForm("") == "")
+    }
+
     @Test("fixed resources and export resources parse; names stay percent-encoded")
     func parses() {
         #expect(Route.parse("/exports") == .exports)

@@ -14,6 +14,13 @@ struct ServiceEndpointsTests {
             let ready = try await gateway.get("/readyz")
             #expect(ready.status == 200)
             #expect(ready.text == #"{"status":"ready"}"#)
+            // An absolute-form target, as a proxy sends it (RFC 9112 §3.2.2).
+            var absolute = HTTPRequest("GET", "http://127.0.0.1:\(gateway.port)/healthz")
+            absolute.headers = [("Host", "127.0.0.1")]
+            let viaProxy = try await gateway.send(absolute, record: false)
+            #expect(viaProxy.status == 200 && viaProxy.text == #"{"status":"ok"}"#, "\(viaProxy.summary)")
+            let ranged = try await gateway.send(HTTPRequest("GET", "http://127.0.0.1/exports/disk/data?x=1", headers: [("Range", "bytes=0-3")]), record: false)
+            #expect(ranged.status == 206 && ranged.body.count == 4, "\(ranged.summary)")
             // HEAD of a GET resource: the headers, no body.
             let head = try await gateway.head("/healthz")
             #expect(head.status == 200)

@@ -18,6 +18,23 @@ public struct GatewayRequest: Sendable {
         self.requestID = requestID
     }
 
+    /// The path and query of a request target: an absolute-form target (`http://host/path`,
+    /// RFC 9112 §3.2.2, which proxies send) loses its scheme and authority.
+    public static func originForm(_ target: String) -> String {
+        let bytes = target.utf8
+        for scheme in ["http://", "https://"] where bytes.count >= scheme.utf8.count {
+            let prefix = target.utf8.prefix(scheme.utf8.count)
+            guard zip(prefix, scheme.utf8).allSatisfy({ $0 | 0x20 == $1 | 0x20 }) else { continue }
+            let authorityStart = target.utf8.index(target.utf8.startIndex, offsetBy: scheme.utf8.count)
+            guard let pathStart = target.utf8[authorityStart...].firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) else {
+                return "/"
+            }
+            let rest = String(target[pathStart...])
+            return rest.hasPrefix("?") ? "/" + rest : rest
+        }
+        return target
+    }
+
     /// The first value of a header, matched case-insensitively.
     public func header(_ name: String) -> String? {
         headers.first { $0.name.equalsIgnoringASCIICase(name) }?.value

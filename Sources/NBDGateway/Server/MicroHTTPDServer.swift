@@ -160,7 +160,8 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     let arguments = HeaderCollector()
     MHD_get_connection_values(connection, .GET_ARGUMENT_KIND, collectValue, Unmanaged.passUnretained(arguments).toOpaque())
     let query = arguments.pairs.map { (name: NBDQuery.decode($0.name), value: NBDQuery.decode($0.value)) }
-    let rawPath = url.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(url[..<$0]) } ?? url
+    let target = GatewayRequest.originForm(url)
+    let rawPath = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(target[..<$0]) } ?? target
     var received = GatewayRequest(method: method, rawPath: rawPath, query: query, headers: collected.pairs)
     received.requestID = received.header("X-Request-Id").flatMap { NBDQuery.isValidRequestID($0) ? $0 : nil } ?? core.nextRequestID()
     let request = received
