@@ -3,6 +3,11 @@ import NBDProtocol
 import NIOCore
 import NIOPosix
 import NIOSSL
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 extension NBDClient {
     /// Connects to the export a URI names (`nbd://`, `nbds://`, `nbd+unix://`, `nbds+unix://`) and negotiates it.
@@ -131,7 +136,8 @@ extension NBDClient {
             }
         } catch {
             promise.fail(error)
-            throw NBDError(.connectionFailed, "cannot connect to \(uri): \(error)", exportName: uri.exportName)
+            logger.debug("connect failed", metadata: ["uri": "\(uri)", "error": "\(error)"])
+            throw NBDError(.connectionFailed, "cannot connect to \(uri): \(NBDClient.plainDescription(of: error))", exportName: uri.exportName)
         }
         logger.trace("connected", metadata: ["uri": "\(uri)"])
         do {
@@ -156,7 +162,7 @@ extension NBDClient {
         } catch let error as NBDError {
             throw error
         } catch {
-            throw NBDError(.connectionLost, "\(error)")
+            throw NBDError(.connectionLost, plainDescription(of: error))
         }
     }
 
@@ -176,6 +182,48 @@ extension NBDClient {
             return { try NIOSSLClientHandler(context: context, serverHostname: sniName) }
         } catch {
             throw NBDError(.tlsFailure, "cannot set up TLS: \(error)")
+        }
+    }
+}
+
+extension NBDClient {
+    /// What went wrong, in a person's words ("connection refused", "no such socket", "host not
+    /// found", "TLS certificate not trusted"), for errors SwiftNIO and NIOSSL raise while
+    /// connecting. Their own descriptions (kept for debug logging) name internal types.
+    public static func plainDescription(of error: any Error) -> String {
+        if let error = error as? NBDError { return error.message.isEmpty ? "\(error.code)" : error.message }
+        if let error = error as? NIOConnectionError {
+            if let first = error.connectionErrors.first { return plainDescription(of: first.error) }
+            if error.dnsAError != nil || error.dnsAAAAError != nil { return "host not found: \(error.host)" }
+            return "cannot connect to \(error.host):\(error.port)"
+        }
+        if let error = error as? IOError { return errnoText(error.errnoCode) }
+        if case ChannelError.connectTimeout = error { return "connection timed out" }
+        if let error = error as? SocketAddressError {
+            if case .unknown(let host, _) = error { return "host not found: \(host)" }
+            return "bad address"
+        }
+        if error is NIOSSLError || error is BoringSSLError {
+            let detail = "\(error)"
+            if detail.contains("CERTIFICATE_VERIFY_FAILED") { return "TLS certificate not trusted" }
+            if detail.contains("WRONG_VERSION_NUMBER") || detail.contains("PACKET_LENGTH_TOO_LONG") { return "the server does not speak TLS here" }
+            if case NIOSSLError.unableToValidateCertificate = error { return "TLS certificate not trusted" }
+            return "TLS handshake failed"
+        }
+        return "\(error)"
+    }
+
+    private static func errnoText(_ code: Int32) -> String {
+        switch code {
+        case ECONNREFUSED: "connection refused"
+        case ENOENT: "no such socket"
+        case EACCES, EPERM: "permission denied"
+        case ETIMEDOUT: "connection timed out"
+        case EHOSTUNREACH: "host unreachable"
+        case ENETUNREACH: "network unreachable"
+        case ECONNRESET: "connection reset by the server"
+        case ENOTSOCK, ECONNABORTED: "not a socket"
+        default: String(cString: strerror(code)).lowercased()
         }
     }
 }

@@ -33,14 +33,37 @@ public struct TestFailure: Error, CustomStringConvertible {
 private let handedOutPorts = Mutex<Set<Int>>([])
 
 public enum Tools {
-    /// The absolute path of a command on PATH; a missing tool fails the test (CI installs them all).
+    /// The Debian package of each outside command the tests use (`scripts/install-deps`
+    /// installs and checks them all).
+    public static let packages: [String: String] = [
+        "nbdkit": "nbdkit", "qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "nbd-server": "nbd-server",
+        "nbdcopy": "libnbd-bin", "nbdinfo": "libnbd-bin", "nbdsh": "libnbd-bin", "fio": "fio", "curl": "curl",
+        "wrk": "wrk", "nginx": "nginx", "openssl": "openssl", "python3": "python3", "sh": "dash", "od": "coreutils",
+    ]
+
+    /// What a missing tool or capability says: what is missing and the package that provides it.
+    public static func missing(_ what: String, package: String) -> TestFailure {
+        TestFailure("\(what) is missing (provided by \(package); scripts/install-deps installs and checks it)")
+    }
+
+    /// The absolute path of a command on PATH; a missing tool fails the test, naming its package.
     public static func path(_ name: String) throws -> String {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for directory in path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"] {
             let candidate = "\(directory)/\(name)"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
-        throw TestFailure("\(name) is not installed (run .ci/run, which installs the test peers)")
+        throw missing("the command \(name)", package: packages[name] ?? "an unknown package")
+    }
+
+    /// Fails unless qemu-img has its curl block driver for `protocol` (http, https), which
+    /// Debian ships apart from qemu-img itself.
+    public static func requireQemuDriver(_ protocol: String) async throws {
+        let probe = try await run("qemu-img", ["info", "--image-opts", "driver=\(`protocol`),url=\(`protocol`)://127.0.0.1:9/x"], check: false)
+        let answer = String(decoding: probe.stderr + probe.stdout, as: UTF8.self).lowercased()
+        if answer.contains("unknown driver") || answer.contains("unknown protocol") || answer.contains("not found") {
+            throw missing("qemu-img's \(`protocol`) driver", package: "qemu-block-extra")
+        }
     }
 
     /// Runs a command to completion without blocking the cooperative pool; returns its output.

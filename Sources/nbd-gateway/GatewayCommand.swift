@@ -87,12 +87,15 @@ struct GatewayCommand: AsyncParsableCommand {
         let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
         let isEmbedded = embedded != nil
         let service = GatewayService(configuration: configuration, logger: logger) { port in
-            print("listening on http://\(host):\(port)")
+            let base = "http://\(host):\(port)"
+            print("listening on \(base)")
             if isEmbedded {
-                print("serving an embedded 1 GiB nbdkit memory disk as export \"\"; try:")
-                print("  curl -s http://\(host):\(port)/exports")
-                print("  curl -s -X PUT --data-binary 'hello, disk' 'http://\(host):\(port)/exports//data?offset=0'")
-                print("  curl -s -r 0-10 http://\(host):\(port)/exports//data")
+                let export = EmbeddedDisk.exportName
+                print("serving an embedded 1 GiB nbdkit memory disk as export \"\(export)\"; try:")
+                print("  curl -s \(base)/exports")
+                print("  curl -s \(base)/exports/\(export)")
+                print("  curl -s -X PUT --data-binary 'hello, disk' '\(base)/exports/\(export)/data?offset=0'")
+                print("  curl -s -r 0-10 \(base)/exports/\(export)/data")
             }
             StandardOutput.flush()
         }

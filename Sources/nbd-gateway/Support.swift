@@ -25,6 +25,9 @@ enum OpenAPIDocument {
 /// so a dedicated thread starts it and stays, waiting for it: the disk lives exactly as long
 /// as the gateway process.
 struct EmbeddedDisk: Sendable {
+    /// The one export it serves, listed by `GET /exports`.
+    static let exportName = "disk0"
+    /// The server (its listing names `exportName`).
     let uri: NBDURI
     let pid: pid_t
     let directory: String
@@ -35,7 +38,13 @@ struct EmbeddedDisk: Sendable {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-gateway-\(getpid())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let socket = directory + "/nbd.sock"
-        let arguments = ["nbdkit", "-f", "--exit-with-parent", "-U", socket, "memory", "size=1G"]
+        // The exportname filter makes nbdkit list one named export and refuse other names
+        // (the memory plugin alone answers to any name and lists only "").
+        let arguments = [
+            "nbdkit", "-f", "--exit-with-parent", "-U", socket, "--filter=exportname", "memory", "size=1G",
+            "exportname=\(exportName)", "exportname-list=explicit", "exportname-strict=true",
+            "exportdesc=fixed:embedded nbdkit memory disk",
+        ]
         let (exited, exit) = AsyncStream.makeStream(of: Void.self)
         let pid: pid_t = try await withCheckedThrowingContinuation { continuation in
             let keeper = Thread {
@@ -57,12 +66,13 @@ struct EmbeddedDisk: Sendable {
             keeper.start()
         }
         let uri = NBDURI(transport: .unix(path: socket))
+        let exportURI = NBDURI(transport: .unix(path: socket), exportName: exportName)
         let disk = EmbeddedDisk(uri: uri, pid: pid, directory: directory, exited: exited)
         // nbdkit listens a moment after it starts: try until it answers (bounded).
         var lastError: (any Error)?
         for _ in 0..<250 {
             do {
-                let client = try await NBDClient.connect(to: uri)
+                let client = try await NBDClient.connect(to: exportURI)
                 await client.disconnect()
                 logger.info("started embedded nbdkit memory disk", metadata: ["pid": "\(pid)", "socket": "\(socket)"])
                 return disk

@@ -92,7 +92,7 @@ struct HTTPWriteTests {
         }
     }
 
-    @Test("one keep-alive connection: PUT, GET, a refused PUT, HEAD and GET stay in step")
+    @Test("one keep-alive connection: PUT, GET, HEAD and GET stay in step; a PUT refused before its body closes it")
     func keepAlive() async throws {
         try await withNBDKitGateway(Self.memory) { gateway, _ in
             let data = randomBytes(70_000, seed: 30)
@@ -100,16 +100,19 @@ struct HTTPWriteTests {
             let requests = [
                 HTTPRequest("PUT", "/exports/disk/data?offset=100", headers: keep, body: data),
                 HTTPRequest("GET", "/exports/disk/data", headers: keep + [("Range", "bytes=100-70099")]),
-                HTTPRequest("PUT", "/exports/disk/data?offset=1048570", headers: keep, body: data),
                 HTTPRequest("POST", "/exports/disk/zero", headers: keep, body: []),
                 HTTPRequest("HEAD", "/exports/disk/data", headers: keep),
-                HTTPRequest("GET", "/exports/disk/data", headers: [("Range", "bytes=100-199")]),
+                HTTPRequest("GET", "/exports/disk/data", headers: keep + [("Range", "bytes=100-199")]),
+                // Refused from its headers: answered at once, its body unread, so the connection ends.
+                HTTPRequest("PUT", "/exports/disk/data?offset=1048570", headers: keep, body: data),
             ]
             let responses = try await RawHTTP.sendSequence(requests, port: gateway.port)
             for (request, response) in zip(requests, responses) { gateway.record(request, response) }
-            #expect(responses.map(\.status) == [200, 206, 416, 400, 200, 206])
+            #expect(responses.map(\.status) == [200, 206, 400, 200, 206, 416])
             #expect(responses[1].body == data)
-            #expect(responses[5].body == Array(data[0..<100]))
+            #expect(responses[4].body == Array(data[0..<100]))
+            #expect(responses[5].header("Connection")?.lowercased() == "close")
+            #expect(responses[0..<5].allSatisfy { $0.header("Connection")?.lowercased() != "close" })
         }
     }
 

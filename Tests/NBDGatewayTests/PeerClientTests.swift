@@ -88,6 +88,7 @@ struct PeerClientTests {
                 model.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
             }
             let url = "\(gateway.baseURL)/exports/disk/data"
+            try await Tools.requireQemuDriver("http")
             let viaJSON = directory.appendingPathComponent("json.img")
             try await runProcess("qemu-img", ["convert", "-m", "1", "-f", "raw", "-O", "raw",
                                               #"json:{"file.driver":"http","file.url":"\#(url)"}"#, viaJSON.path], timeout: .seconds(45))

@@ -101,17 +101,19 @@ struct ServiceEndpointsTests {
         }
     }
 
-    @Test("without a backend the CLI starts an embedded nbdkit memory disk as export \"\"")
+    @Test("without a backend the CLI starts an embedded nbdkit memory disk as export disk0, the only one listed")
     func embeddedDisk() async throws {
         try await withGateway([]) { gateway in
-            let head = try await gateway.head("/exports//data")
+            let head = try await gateway.head("/exports/disk0/data")
             #expect(head.status == 200)
             #expect(head.header("Content-Length") == String(1 << 30))
             let data = randomBytes(4096, seed: 18)
-            try await gateway.write("", offset: 1 << 29, data)
-            #expect(try await gateway.read("", offset: 1 << 29, length: 4096) == data)
+            try await gateway.write("disk0", offset: 1 << 29, data)
+            #expect(try await gateway.read("disk0", offset: 1 << 29, length: 4096) == data)
             let list = try await gateway.get("/exports")
-            #expect(try list.json()["exports"] as? [[String: String]] == [["name": "", "description": ""]])
+            #expect(try list.json()["exports"] as? [[String: String]] == [["name": "disk0", "description": "embedded nbdkit memory disk"]])
+            // Other names are not served (nbdkit's memory plugin alone would take any).
+            #expect(try await gateway.head("/exports/disk1/data").status == 404)
         }
     }
 

@@ -306,16 +306,15 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
         context.phase = .starting
         return context
     }
-    // A PUT is decided before its body: at once when the export is known (keep-alive is
-    // kept), else by a job while the connection is suspended.
+    // A PUT is decided before its body: at once when the export is known, else by a job
+    // while the connection is suspended.
     if let decision = handler.decideUploadImmediately(request) {
-        if case .reject(let response) = decision, answersBeforeBody(request) {
-            // Queued now, before libmicrohttpd sends 100 Continue: the client uploads nothing
-            // (and the connection closes after the answer, its body unread).
+        if case .reject(let response) = decision {
+            // Queued now, before libmicrohttpd sends 100 Continue and before any body byte is
+            // awaited: a client that withholds its body still gets the answer.
             context.phase = .queued
-            _ = queue(response, for: context, on: connection, core: core)
+            _ = queue(refusingBody(response, of: request), for: context, on: connection, core: core)
         } else {
-            // A small body already on its way is read and dropped, keeping the connection.
             apply(decision, to: context)
         }
         return context
@@ -328,24 +327,28 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     return context
 }
 
-/// Whether a refused PUT is answered at once rather than after its body: when the client
-/// waits for 100 Continue, or the body is large or of unknown length.
-private func answersBeforeBody(_ request: GatewayRequest) -> Bool {
-    if request.header("Expect")?.lowercased() == "100-continue" { return true }
-    guard let length = request.header("Content-Length").flatMap({ UInt64($0) }) else { return true }
-    return length > 1 << 20
+/// A refusal sent before the request's body was read. libmicrohttpd then closes the
+/// connection rather than read a body nobody wants (RFC 9112 §9.6 allows it); saying so in
+/// `Connection: close` lets the client know not to reuse it.
+private func refusingBody(_ response: GatewayResponse, of request: GatewayRequest) -> GatewayResponse {
+    let declaresBody = request.header("Transfer-Encoding") != nil || (request.header("Content-Length").map { $0 != "0" } ?? false)
+    guard declaresBody else { return response }
+    var closing = response
+    closing.headers.append(("Connection", "close"))
+    return closing
 }
 
 /// Answers during the first call, before any body is read.
 private func refuseNow(_ error: GatewayError, _ context: RequestContext, _ connection: OpaquePointer, _ core: ServerCore) {
     context.phase = .queued
-    _ = queue(error.response(requestID: context.request.requestID), for: context, on: connection, core: core)
+    _ = queue(refusingBody(error.response(requestID: context.request.requestID), of: context.request), for: context, on: connection, core: core)
 }
 
 private func apply(_ decision: UploadDecision, to context: RequestContext) {
     switch decision {
     case .reject(let response):
-        context.phase = .respond(response)
+        // Decided while suspended, before any body byte was read.
+        context.phase = .respond(refusingBody(response, of: context.request))
     case .accept(let session, let respond):
         session.setWake { context.resume() }
         context.phase = .accepted(session, respond)

@@ -18,6 +18,9 @@ struct HTTPRequest: Sendable {
     var expectContinue = false
     /// Send only this many body bytes, then close the connection without reading an answer.
     var truncateBodyAt: Int?
+    /// Declare the body in the headers but never send it, even after `100 Continue`: the
+    /// answer must come from the headers alone.
+    var withholdBody = false
     var automaticHeaders = true
 
     init(_ method: String, _ target: String, headers: [(name: String, value: String)] = [], body: [UInt8]? = nil) {
@@ -81,9 +84,9 @@ enum RawHTTP {
     static let ioTimeoutSeconds = 30
 
     /// One request on a fresh connection.
-    static func send(_ request: HTTPRequest, port: Int) async throws -> HTTPResponse {
+    static func send(_ request: HTTPRequest, port: Int, timeoutSeconds: Int = ioTimeoutSeconds) async throws -> HTTPResponse {
         try await blockingPool.runIfActive {
-            let connection = try Connection(port: port)
+            let connection = try Connection(port: port, timeoutSeconds: timeoutSeconds)
             defer { connection.close() }
             return try connection.exchange(request, port: port)
         }
@@ -253,7 +256,7 @@ enum RawHTTP {
                 close()
                 return HTTPResponse(status: 0, reason: "", headers: [], body: [], complete: false, interim: [], bodyBytesSent: body.count)
             }
-            if !request.expectContinue {
+            if !request.expectContinue && !request.withholdBody {
                 // The server may answer and close before reading the body: that is fine.
                 if write(body) { sent = body.count }
             }
@@ -261,7 +264,7 @@ enum RawHTTP {
                 guard let head = try readHead() else { throw TestFailure("the connection closed without an answer to \(request.method) \(request.target)") }
                 if (100..<200).contains(head.status) {
                     interim.append(head.status)
-                    if head.status == 100 && request.expectContinue && sent == 0 && !body.isEmpty {
+                    if head.status == 100 && request.expectContinue && !request.withholdBody && sent == 0 && !body.isEmpty {
                         if write(body) { sent = body.count }
                     }
                     continue

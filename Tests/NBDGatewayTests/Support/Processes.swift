@@ -143,16 +143,24 @@ final class BackgroundProcess: Sendable {
 
     /// Reads stdout until a line containing `marker` arrives (bounded by `timeout`); returns that line.
     func waitForLine(containing marker: String, timeout: Duration) async throws -> String {
+        try await lines(through: marker, timeout: timeout).last ?? ""
+    }
+
+    /// Reads stdout until a line containing `marker` arrives (bounded by `timeout`); returns
+    /// every line read, that one last.
+    func lines(through marker: String, timeout: Duration) async throws -> [String] {
         let fd = stdoutDescriptor
         let deadline = ContinuousClock.now + timeout
         return try await blockingPool.runIfActive {
             var pending: [UInt8] = []
+            var lines: [String] = []
             var chunk = [UInt8](repeating: 0, count: 4096)
             while true {
                 while let newline = pending.firstIndex(of: 10) {
                     let line = String(decoding: pending[..<newline], as: UTF8.self)
                     pending.removeSubrange(...newline)
-                    if line.contains(marker) { return line }
+                    lines.append(line)
+                    if line.contains(marker) { return lines }
                 }
                 let remaining = deadline - ContinuousClock.now
                 let milliseconds = max(0, Int32(remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
