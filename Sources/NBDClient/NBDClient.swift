@@ -168,7 +168,7 @@ public final class NBDClient: Sendable {
         try require(info.canTrim, "trim")
         if fua { try require(info.canFUA, "FUA") }
         try planner.checkBounds(offset: offset, length: length)
-        guard let inner = innerAligned(offset: offset, length: length) else { return }
+        guard let inner = planner.innerAligned(offset: offset, length: length) else { return }
         try await sendRanged(.trim, flags: fua ? [.fua] : [], inner)
     }
 
@@ -185,7 +185,7 @@ public final class NBDClient: Sendable {
         if fastZero { flags.insert(.fastZero) }
         if noHole { flags.insert(.noHole) }
         let end = offset + length
-        let inner = innerAligned(offset: offset, length: length)
+        let inner = planner.innerAligned(offset: offset, length: length)
         // Unaligned edges are written as zero bytes (read-modify-write).
         let headEnd = inner?.lowerBound ?? end
         if headEnd > offset {
@@ -221,17 +221,12 @@ public final class NBDClient: Sendable {
             guard case .blockStatus(let contexts) = try await waitOne(future), let descriptors = contexts[contextID] else {
                 throw NBDError.violation("block status reply without base:allocation extents")
             }
-            var advanced: UInt64 = 0
-            for descriptor in descriptors where descriptor.length > 0 && position + advanced < range.upperBound {
-                let start = position + advanced
-                let extentEnd = min(start + UInt64(descriptor.length), range.upperBound)
-                extents.append(NBDExtent(offset: start, length: extentEnd - start, flags: descriptor.flags))
-                advanced = extentEnd - position
-            }
-            guard advanced > 0 else { throw NBDError.violation("block status reply made no progress") }
-            position += advanced
+            let received = NBDExtent.extents(from: descriptors, at: position, upTo: range.upperBound)
+            guard let last = received.last else { throw NBDError.violation("block status reply made no progress") }
+            extents += received
+            position = last.offset + last.length
         }
-        return Self.clip(Self.merge(extents), to: offset..<(offset + length))
+        return NBDExtent.clipped(NBDExtent.merged(extents), to: offset..<(offset + length))
     }
 
     // MARK: - Disconnect
@@ -307,35 +302,6 @@ public final class NBDClient: Sendable {
         guard length >= 0 else { throw NBDError(.invalidArgument, "negative length", exportName: info.name) }
         guard offset <= info.size else {
             throw NBDError(.outOfBounds, "offset \(offset) is past the end of the export (size \(info.size))", exportName: info.name)
-        }
-    }
-
-    /// The whole minimum blocks inside the range, or nil if there are none.
-    private func innerAligned(offset: UInt64, length: UInt64) -> Range<UInt64>? {
-        let minimum = UInt64(info.blockSize.minimum)
-        let start = (offset + minimum - 1) / minimum * minimum
-        var end = (offset + length) / minimum * minimum
-        if offset + length == info.size { end = info.size }
-        return start < end ? start..<end : nil
-    }
-
-    static func merge(_ extents: [NBDExtent]) -> [NBDExtent] {
-        var merged: [NBDExtent] = []
-        for extent in extents {
-            if let last = merged.last, last.flags == extent.flags, last.offset + last.length == extent.offset {
-                merged[merged.count - 1].length += extent.length
-            } else {
-                merged.append(extent)
-            }
-        }
-        return merged
-    }
-
-    static func clip(_ extents: [NBDExtent], to range: Range<UInt64>) -> [NBDExtent] {
-        extents.compactMap { extent in
-            let start = max(extent.offset, range.lowerBound)
-            let end = min(extent.offset + extent.length, range.upperBound)
-            return start < end ? NBDExtent(offset: start, length: end - start, flags: extent.flags) : nil
         }
     }
 }

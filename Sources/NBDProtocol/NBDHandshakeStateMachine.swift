@@ -64,19 +64,6 @@ public struct NBDHandshakeStateMachine: Sendable {
         case finished
     }
 
-    /// Facts collected during the handshake.
-    private struct Progress: Sendable {
-        var noZeroes = false
-        var structuredReplies = false
-        var metaContexts: [String: UInt32] = [:]
-        var exports: [NBDExportListing] = []
-        var size: UInt64?
-        var flags = NBDTransmissionFlags()
-        var blockSize: NBDBlockSize?
-        var canonicalName: String?
-        var exportDescription = ""
-    }
-
     public let configuration: Configuration
     private var state: State = .awaitingGreeting
 
@@ -315,13 +302,7 @@ public struct NBDHandshakeStateMachine: Sendable {
         var progress = progress
         switch replyType {
         case NBDOptionReplyType.metaContext:
-            guard let id = payload.readInteger(as: UInt32.self),
-                  let name = payload.readString(length: payload.readableBytes)
-            else { return fail(.violation("short NBD_REP_META_CONTEXT reply")) }
-            guard configuration.metaContexts.contains(name) else {
-                return fail(.violation("server selected metadata context \"\(name)\" that was not asked for"))
-            }
-            progress.metaContexts[name] = id
+            do { try progress.recordMetaContext(&payload, asked: configuration.metaContexts) } catch { return fail(error) }
             state = .awaitingOptionReply(.setMetaContext, progress)
             return .wait
         case NBDOptionReplyType.ack:
@@ -336,38 +317,7 @@ public struct NBDHandshakeStateMachine: Sendable {
         var progress = progress
         switch replyType {
         case NBDOptionReplyType.info:
-            guard let infoType = payload.readInteger(as: UInt16.self) else {
-                return fail(.violation("NBD_REP_INFO without an information type"))
-            }
-            switch infoType {
-            case NBDInfoType.export:
-                guard payload.readableBytes == 10, let (size, flags) = payload.readMultipleIntegers(as: (UInt64, UInt16).self) else {
-                    return fail(.violation("NBD_INFO_EXPORT of wrong length"))
-                }
-                guard size <= NBDWire.maximumExportSize else {
-                    return fail(.violation("export size \(size) exceeds \(NBDWire.maximumExportSize)"))
-                }
-                progress.size = size
-                progress.flags = NBDTransmissionFlags(rawValue: flags)
-            case NBDInfoType.blockSize:
-                guard payload.readableBytes == 12,
-                      let (minimum, preferred, maximum) = payload.readMultipleIntegers(as: (UInt32, UInt32, UInt32).self)
-                else { return fail(.violation("NBD_INFO_BLOCK_SIZE of wrong length")) }
-                let blockSize = NBDBlockSize(minimum: minimum, preferred: preferred, maximum: maximum)
-                guard blockSize.isValid else {
-                    return fail(.violation("invalid block sizes: \(blockSize)"))
-                }
-                progress.blockSize = blockSize
-            case NBDInfoType.name:
-                guard let bytes = payload.readBytes(length: payload.readableBytes),
-                      let name = String(validating: bytes, as: UTF8.self)
-                else { return fail(.violation("NBD_INFO_NAME is not UTF-8")) }
-                progress.canonicalName = name
-            case NBDInfoType.description:
-                progress.exportDescription = payload.readString(length: payload.readableBytes) ?? ""
-            default:
-                break  // Unknown information types are skipped, as the specification asks.
-            }
+            do { try progress.recordInfo(&payload) } catch { return fail(error) }
             state = .awaitingOptionReply(.go, progress)
             return .wait
         case NBDOptionReplyType.ack:
@@ -384,12 +334,7 @@ public struct NBDHandshakeStateMachine: Sendable {
         var progress = progress
         switch replyType {
         case NBDOptionReplyType.server:
-            guard let nameLength = payload.readInteger(as: UInt32.self),
-                  nameLength <= payload.readableBytes,
-                  let name = payload.readString(length: Int(nameLength))
-            else { return fail(.violation("malformed NBD_REP_SERVER reply")) }
-            let description = payload.readString(length: payload.readableBytes) ?? ""
-            progress.exports.append(NBDExportListing(name: name, description: description))
+            do { try progress.recordServer(&payload) } catch { return fail(error) }
             state = .awaitingOptionReply(.list, progress)
             return .wait
         case NBDOptionReplyType.ack:
@@ -422,16 +367,7 @@ public struct NBDHandshakeStateMachine: Sendable {
 
     private mutating func negotiated(size: UInt64, progress: Progress) -> Action {
         state = .finished
-        let info = NBDExportInfo(
-            name: exportName ?? "",
-            canonicalName: progress.canonicalName,
-            description: progress.exportDescription,
-            size: size,
-            flags: progress.flags,
-            advertisedBlockSize: progress.blockSize,
-            structuredReplies: progress.structuredReplies,
-            metaContexts: progress.metaContexts
-        )
+        let info = progress.exportInfo(name: exportName ?? "", size: size)
         return .negotiated(info)
     }
 

@@ -34,6 +34,23 @@ public struct NBDRequestPlanner: Hashable, Sendable {
         return start..<end
     }
 
+    /// The whole minimum blocks inside the range (the export's last, partial block counts as
+    /// whole when the range reaches the export's end), or nil if there are none. For commands
+    /// that may only touch whole blocks, such as TRIM. Expects a range inside the export.
+    public func innerAligned(offset: UInt64, length: UInt64) -> Range<UInt64>? {
+        let minimum = UInt64(blockSize.minimum)
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow else { return nil }
+        var start = offset
+        if offset % minimum != 0 {
+            let (next, pastMax) = (offset / minimum * minimum).addingReportingOverflow(minimum)
+            guard !pastMax else { return nil }
+            start = next
+        }
+        let alignedEnd = end == exportSize ? exportSize : end / minimum * minimum
+        return start < alignedEnd ? start..<alignedEnd : nil
+    }
+
     /// Whether the range already lies on minimum-block boundaries (or ends at the export's end).
     public func isAligned(offset: UInt64, length: UInt64) -> Bool {
         aligned(offset: offset, length: length) == offset..<(offset + length)

@@ -76,6 +76,38 @@ struct RequestPlannerTests {
         #expect(planner.isAligned(offset: 3, length: 7))
     }
 
+    // MARK: - Whole blocks inside a range
+
+    @Test(arguments: [
+        (0, 512, 0, 512),
+        (100, 1000, 512, 1024),  // both edges rounded inwards
+        (511, 1026, 512, 1536),
+        (1024, 4096, 1024, 5120),  // already aligned
+        (9000, 1000, 9216, 10000),  // reaches the export's end: its partial last block counts
+        (0, 10000, 0, 10000),
+    ] as [(UInt64, UInt64, UInt64, UInt64)])
+    func innerAligned(offset: UInt64, length: UInt64, start: UInt64, end: UInt64) {
+        #expect(Self.planner.innerAligned(offset: offset, length: length) == start..<end)
+    }
+
+    @Test(arguments: [
+        (100, 10),  // inside one block
+        (100, 800),  // 100..<900 holds no whole block
+        (1024, 0),
+        (9900, 100),  // only the export's partial last block, not from its start
+        (UInt64.max - 10, 100),  // overflows
+    ] as [(UInt64, UInt64)])
+    func noWholeBlockInside(offset: UInt64, length: UInt64) {
+        #expect(Self.planner.innerAligned(offset: offset, length: length) == nil)
+    }
+
+    @Test func innerAlignedAtTheTopOfTheRangeDoesNotTrap() {
+        let planner = NBDRequestPlanner(exportSize: .max, blockSize: NBDBlockSize(minimum: 512, preferred: 512, maximum: 1 << 20))
+        #expect(planner.innerAligned(offset: UInt64.max - 10, length: 10) == nil)
+        #expect(planner.innerAligned(offset: UInt64.max - 1000, length: 1000) == (UInt64.max - 511)..<UInt64.max)
+        #expect(NBDRequestPlanner(exportSize: 1000, blockSize: .unadvertised).innerAligned(offset: 3, length: 7) == 3..<10)
+    }
+
     // MARK: - Splitting
 
     @Test func splitAtTheMaximum() {

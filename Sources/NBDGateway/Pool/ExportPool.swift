@@ -2,82 +2,77 @@ import Logging
 import NBDClient
 import Synchronization
 
-/// How pools open and keep connections.
-public struct PoolSettings: Sendable {
-    /// Most connections per export (used only when the export has CAN_MULTI_CONN).
-    public var maximumConnections: Int
-    /// Requests a connection carries at once before the pool spreads to (or opens) another.
-    /// Requests batched on one connection cost the gateway and the server less CPU than the
-    /// same requests spread thin: 4 KiB reads at 32 at once took about a fifth less CPU on one
-    /// connection than over four. More connections help when one is this busy.
-    public var requestsPerConnection: Int
-    /// Client settings for every connection (timeouts, in-flight bounds, TLS).
-    public var client: NBDClientConfiguration
-    /// Connections unused this long are closed.
-    public var idleTimeout: Duration
-
-    public init(
-        maximumConnections: Int = 4, requestsPerConnection: Int = 32,
-        client: NBDClientConfiguration = NBDClientConfiguration(), idleTimeout: Duration = .seconds(300)
-    ) {
-        self.maximumConnections = max(1, maximumConnections)
-        self.requestsPerConnection = max(1, requestsPerConnection)
-        self.client = client
-        self.idleTimeout = idleTimeout
-    }
-}
-
 /// The negotiated NBD connections of one export: opened lazily, bounded, shared by many
 /// requests at once (each connection pipelines), replaced when broken, with backoff.
 ///
-/// Which connection: the oldest one with room for the request's load under
-/// `requestsPerConnection` (a request counts 1, a streaming read `streamLoad`); when none has
-/// room, a new one (up to `maximumConnections`), else the least loaded. So light load stays on
-/// one connection, in large batches, and heavy load spreads.
+/// The policy (which connection, when to open another, backoff, retiring, idle closing,
+/// shutdown) is `PoolStateMachine`; this class only feeds it events, stamped by the injected
+/// clock, and performs its actions: opening with `NBDClient.connect`, disconnecting, resuming
+/// the tasks waiting for a lease. A wait for a lease is cancellable.
 ///
 /// Consistency: without CAN_MULTI_CONN every request uses one connection, so a write
 /// acknowledged to one client is seen by every later read. With it, requests may spread over
 /// up to `maximumConnections`, and writers flush before answering (a FLUSH on any connection
 /// makes acknowledged writes visible on all of them).
 public final class ExportPool: Sendable {
-    private struct Slot {
-        let client: NBDClient
-        /// Load of the requests using it now (see `withClient(load:)`).
-        var load = 0
-        var lastUsed: ContinuousClock.Instant
-        /// No new requests (the server said ESHUTDOWN); disconnected once unused.
-        var retired = false
+    typealias Machine = PoolStateMachine<NBDClient>
+
+    /// What a waiting task is told.
+    fileprivate enum Outcome: Sendable {
+        /// Use this connection.
+        case use(NBDClient)
+        /// Open a connection for the pool, then wait again.
+        case open
     }
 
-    private struct State {
-        var slots: [Slot] = []
-        var opening = 0
-        var waiters: [CheckedContinuation<Void, Never>] = []
+    /// A lease whose task has not yet seen its outcome.
+    fileprivate enum Waiter {
+        /// The task is suspended on this continuation.
+        case waiting(CheckedContinuation<Outcome, any Error>)
+        /// Outcomes that came before the task suspended, oldest first. More than one only when
+        /// an `open` is followed by a cancellation or failure: the task must still open (or
+        /// report that it did not) before it sees the end of its lease.
+        case ready([Result<Outcome, any Error>])
+    }
+
+    fileprivate struct State: Sendable {
+        var machine: Machine
+        var waiters: [Machine.LeaseID: Waiter] = [:]
+        var nextLease = 0
         var info: NBDExportInfo?
-        var consecutiveFailures = 0
-        var retryAt: ContinuousClock.Instant?
-        var lastError: NBDError?
-        var next = 0
-        var closed = false
         var metrics: PoolMetrics?
-
-        /// Publishes how many connections are open (after any change to `slots`).
-        func recordConnections() {
-            metrics?.connections.record(slots.count { $0.client.isActive })
-        }
+        /// The connection count last published (the gauge is set only when it changes).
+        var recorded = 0
     }
 
+    /// What to do outside the lock after an event.
+    fileprivate struct Effects {
+        var resumes: [(CheckedContinuation<Outcome, any Error>, Result<Outcome, any Error>)] = []
+        var closes: [([NBDClient], Machine.CloseReason)] = []
+    }
+
+    /// The export's name in the gateway.
     public let name: String
+    /// Where the export lives.
     public let uri: NBDURI
     private let settings: PoolSettings
     private let logger: Logger
-    private let state = Mutex(State())
+    private let clock: any PoolClock
+    private let state: Mutex<State>
 
-    public init(name: String, uri: NBDURI, settings: PoolSettings, logger: Logger) {
+    /// A pool for the export `uri` names; nothing is opened until a request needs it.
+    /// `clock`: where event times come from (tests pass one they move by hand).
+    public init(name: String, uri: NBDURI, settings: PoolSettings, logger: Logger, clock: any PoolClock = ContinuousClock()) {
         self.name = name
         self.uri = uri
         self.settings = settings
         self.logger = logger
+        self.clock = clock
+        let configuration = Machine.Configuration(
+            maximumConnections: settings.maximumConnections, requestsPerConnection: settings.requestsPerConnection,
+            idleTimeout: settings.idleTimeout, exportName: name
+        )
+        self.state = Mutex(State(machine: Machine(configuration: configuration)))
     }
 
     /// What the pool's connections negotiated (opening one if none is open yet).
@@ -91,7 +86,7 @@ public final class ExportPool: Sendable {
     /// The export info if a negotiated connection is open now.
     public var liveInfo: NBDExportInfo? {
         state.withLock { state in
-            state.slots.contains { $0.client.isActive && !$0.retired } ? state.info : nil
+            state.machine.connections.usable.contains { $0.connection.isActive } ? state.info : nil
         }
     }
 
@@ -103,19 +98,20 @@ public final class ExportPool: Sendable {
 
     /// Runs `body` with a connection; the connection stays open (not idle) while it runs.
     /// `load`: what `body` counts for against `requestsPerConnection` (1 for a request).
+    /// Waiting for a connection ends with `CancellationError` when the task is cancelled.
     public func withClient<T: Sendable>(load: Int = 1, _ body: (NBDClient) async throws -> T) async throws -> T {
-        let client = try await acquire(load: load)
+        let (lease, client) = try await acquire(load: load)
         do {
             let result = try await body(client)
-            await release(client, load: load, retire: false)
+            await release(lease, retire: false)
             return result
         } catch let error as NBDError {
             metrics?.failed(error)
-            // ESHUTDOWN: the server is going away: stop using this connection, let it finish and close.
-            await release(client, load: load, retire: error.errno == .ESHUTDOWN)
+            // ESHUTDOWN: the server is going away: stop using its connections, let them finish and close.
+            await release(lease, retire: error.errno == .ESHUTDOWN)
             throw error
         } catch {
-            await release(client, load: load, retire: false)
+            await release(lease, retire: false)
             throw error
         }
     }
@@ -132,172 +128,221 @@ public final class ExportPool: Sendable {
         metrics?.bytesWritten.increment(by: Int64(bytes))
     }
 
-    private enum Step {
-        case use(NBDClient)
-        case open
-        case wait
-        case fail(NBDError)
-    }
-
-    private func acquire(load: Int) async throws -> NBDClient {
-        while true {
-            let now = ContinuousClock.now
-            let step = state.withLock { state -> Step in
-                if state.closed { return .fail(NBDError(.disconnected, "the gateway is shutting down", exportName: name)) }
-                let before = state.slots.count
-                state.slots.removeAll { !$0.client.isActive && $0.load == 0 }
-                if state.slots.count != before { state.recordConnections() }
-                let live = state.slots.indices.filter { state.slots[$0].client.isActive && !state.slots[$0].retired }
-                func use(_ index: Int) -> Step {
-                    state.slots[index].load += load
-                    state.slots[index].lastUsed = now
-                    return .use(state.slots[index].client)
-                }
-                // 1. The oldest connection with room.
-                if let roomy = live.first(where: { state.slots[$0].load + load <= settings.requestsPerConnection }) {
-                    return use(roomy)
-                }
-                // 2. Another connection, if the export allows one and we are not backing off.
-                let limit = state.info?.canMultiConn == true ? settings.maximumConnections : 1
-                let backingOff = state.retryAt.map { now < $0 } ?? false
-                if live.count + state.opening < limit && state.opening == 0 && !backingOff {
-                    state.opening += 1
-                    return .open
-                }
-                // 3. One is on its way: it will have room.
-                if state.opening > 0 { return .wait }
-                // 4. Every connection is busy and no more may be opened: the least busy one,
-                // starting the scan at a rotating index among equals.
-                if !live.isEmpty {
-                    state.next &+= 1
-                    var best = live[state.next % live.count]
-                    for index in live where state.slots[index].load < state.slots[best].load { best = index }
-                    return use(best)
-                }
-                // 5. None open, and connecting failed a moment ago.
-                return .fail(state.lastError ?? NBDError(.connectionFailed, "cannot connect", exportName: name))
-            }
-            switch step {
-            case .use(let client):
-                return client
-            case .fail(let error):
-                throw error
-            case .wait:
-                await withCheckedContinuation { continuation in
-                    let resumeNow = state.withLock { state -> Bool in
-                        guard state.opening > 0 else { return true }
-                        state.waiters.append(continuation)
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            case .open:
-                // A failure is remembered (with backoff); the next round uses a connection that
-                // is already open, or reports the failure when there is none.
-                try? await open()
-            }
-        }
-    }
-
-    private func open() async throws {
-        do {
-            let client = try await NBDClient.connect(to: uri, configuration: settings.client, logger: logger)
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.opening -= 1
-                state.info = client.info
-                state.consecutiveFailures = 0
-                state.retryAt = nil
-                state.lastError = nil
-                state.slots.append(Slot(client: client, lastUsed: .now))
-                if state.metrics == nil { state.metrics = PoolMetrics(export: name) }
-                state.recordConnections()
-                defer { state.waiters.removeAll() }
-                return state.waiters
-            }
-            logger.debug("opened NBD connection", metadata: ["export": "\(name)", "uri": "\(uri)"])
-            waiters.forEach { $0.resume() }
-        } catch {
-            let nbdError = error as? NBDError ?? NBDError(.connectionFailed, "\(error)", exportName: name)
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.opening -= 1
-                state.consecutiveFailures += 1
-                // 50 ms, 100 ms, ... up to 5 s between connection attempts.
-                let delay = Duration.milliseconds(50 << min(state.consecutiveFailures - 1, 7))
-                state.retryAt = .now + min(delay, .seconds(5))
-                state.lastError = nbdError
-                state.metrics?.connectFailures.increment()
-                defer { state.waiters.removeAll() }
-                return state.waiters
-            }
-            logger.warning("cannot open NBD connection", metadata: ["export": "\(name)", "error": "\(nbdError)"])
-            waiters.forEach { $0.resume() }
-            throw nbdError
-        }
-    }
-
-    /// Returns a connection. `retire`: the server said ESHUTDOWN, so every connection to it
-    /// stops taking requests and closes once idle (the server waits for its clients to leave).
-    private func release(_ client: NBDClient, load: Int, retire: Bool) async {
-        let closing = state.withLock { state -> [NBDClient] in
-            // Slots may have moved: find the client by identity.
-            if let slot = state.slots.firstIndex(where: { $0.client === client }) {
-                state.slots[slot].load -= load
-                state.slots[slot].lastUsed = .now
-            }
-            if retire {
-                for index in state.slots.indices { state.slots[index].retired = true }
-            }
-            let idle = state.slots.filter { $0.retired && $0.load == 0 }.map(\.client)
-            state.slots.removeAll { $0.retired && $0.load == 0 }
-            if !idle.isEmpty { state.recordConnections() }
-            return idle
-        }
-        for client in closing {
-            logger.info("closing NBD connection: the server is shutting down", metadata: ["export": "\(name)"])
-            await client.disconnect()
-        }
-    }
-
     /// Whether a connection can be had right now (opens one if needed).
     public func probe() async -> Bool {
         (try? await info()) != nil
     }
 
-    /// Closes connections idle for longer than the idle timeout.
+    /// Closes connections unused for the idle timeout or longer.
     public func closeIdle() async {
-        let now = ContinuousClock.now
-        let idle = state.withLock { state -> [NBDClient] in
-            let expired = state.slots.filter { $0.load == 0 && now - $0.lastUsed > settings.idleTimeout }
-            state.slots.removeAll { slot in expired.contains { $0.client === slot.client } }
-            if !expired.isEmpty { state.recordConnections() }
-            return expired.map(\.client)
-        }
-        for client in idle { await client.disconnect() }
+        let now = clock.now
+        await perform(feed { $0.idleTick(now: now) })
     }
 
-    /// Disconnects every connection (they finish their in-flight requests first).
+    /// Disconnects every connection (they finish their in-flight requests first); leases
+    /// waiting for a connection, and every later one, fail.
     public func close() async {
-        let clients = state.withLock { state -> [NBDClient] in
-            state.closed = true
-            defer {
-                state.slots.removeAll()
-                state.recordConnections()
-            }
-            return state.slots.map(\.client)
-        }
-        for client in clients { await client.disconnect() }
+        await perform(feed { $0.shutdown() })
     }
 
-    /// Closes every connection now, without waiting for replies; no new ones are opened.
+    /// Closes every connection now, without waiting for replies (requests in flight fail);
+    /// no new ones are opened. For a shutdown whose grace period is over.
     public func abort() async {
-        let clients = state.withLock { state -> [NBDClient] in
-            state.closed = true
-            defer {
-                state.slots.removeAll()
-                state.recordConnections()
-            }
-            return state.slots.map(\.client)
+        await perform(feed { $0.shutdown() }, abort: true)
+    }
+
+    /// Leases waiting for the connection being opened (for tests).
+    var parkedLeases: Int { state.withLock { $0.machine.queue.count } }
+
+    /// Connections open, as the pool counts them (for tests).
+    var openConnections: Int { state.withLock { $0.machine.connectionCount } }
+
+    // MARK: - Executing the machine
+
+    private func acquire(load: Int) async throws -> (Machine.LeaseID, NBDClient) {
+        let now = clock.now
+        // The fast path: granted (or failed) at once, with no continuation.
+        let (lease, first, effects) = state.withLock { state in
+            let lease = state.nextLease
+            state.nextLease += 1
+            var actions = Self.lostConnections(&state.machine)
+            actions += state.machine.leaseRequested(lease, load: load, now: now)
+            let effects = state.apply(actions)
+            state.recordConnections()
+            return (lease, state.takeReady(lease), effects)
         }
-        for client in clients { await client.abort() }
+        await perform(effects)
+        switch first {
+        case .success(.use(let client)):
+            return (lease, client)
+        case .failure(let error):
+            throw error
+        case .success(.open), nil:
+            break
+        }
+        // Parked, or told to open: cancelling the task from here on takes the lease out of the queue.
+        return try await withTaskCancellationHandler {
+            var next = first
+            while true {
+                let outcome: Outcome
+                if let ready = next {
+                    outcome = try ready.get()
+                    next = nil
+                } else {
+                    outcome = try await wait(for: lease)
+                }
+                switch outcome {
+                case .use(let client):
+                    return (lease, client)
+                case .open:
+                    await openConnection()
+                }
+            }
+        } onCancel: {
+            let effects = feed { $0.leaseCancelled(lease) }
+            // Only resumes (a parked lease holds no connection to close): nothing to await.
+            for (continuation, result) in effects.resumes { continuation.resume(with: result) }
+        }
+    }
+
+    /// Suspends until lease `lease` has an outcome (at once if one came already).
+    private func wait(for lease: Machine.LeaseID) async throws -> Outcome {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Result<Outcome, any Error>? in
+                if let result = state.takeReady(lease) { return result }
+                state.waiters[lease] = .waiting(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    /// Opens a connection on the machine's behalf and reports how it went.
+    private func openConnection() async {
+        if Task.isCancelled {
+            let now = clock.now
+            await perform(feed { $0.openAbandoned(now: now) })
+            return
+        }
+        do {
+            let client = try await NBDClient.connect(to: uri, configuration: settings.client, logger: logger)
+            let now = clock.now
+            let effects = state.withLock { state in
+                state.info = client.info
+                if state.metrics == nil { state.metrics = PoolMetrics(export: name) }
+                let actions = state.machine.connectionOpened(client, multiConn: client.info.canMultiConn, now: now)
+                defer { state.recordConnections() }
+                return state.apply(actions)
+            }
+            logger.debug("opened NBD connection", metadata: ["export": "\(name)", "uri": "\(uri)"])
+            await perform(effects)
+        } catch is CancellationError {
+            let now = clock.now
+            await perform(feed { $0.openAbandoned(now: now) })
+        } catch {
+            let nbdError = error as? NBDError ?? NBDError(.connectionFailed, "\(error)", exportName: name)
+            let now = clock.now
+            let effects = state.withLock { state in
+                state.metrics?.connectFailures.increment()
+                return state.apply(state.machine.connectFailed(nbdError, now: now))
+            }
+            logger.warning("cannot open NBD connection", metadata: ["export": "\(name)", "error": "\(nbdError)"])
+            await perform(effects)
+        }
+    }
+
+    /// Returns lease `lease`'s connection. `retire`: the server said ESHUTDOWN, so every
+    /// connection to it stops taking leases and closes once unused (the server waits for its
+    /// clients to leave).
+    private func release(_ lease: Machine.LeaseID, retire: Bool) async {
+        let now = clock.now
+        await perform(feed { $0.leaseReleased(lease, retire: retire, now: now) })
+    }
+
+    /// Feeds one event under the lock and returns what to do after it.
+    private func feed(_ event: (inout Machine) -> [Machine.Action]) -> Effects {
+        state.withLock { state in
+            let effects = state.apply(event(&state.machine))
+            state.recordConnections()
+            return effects
+        }
+    }
+
+    /// Connections whose channel has closed, reported to the machine.
+    private static func lostConnections(_ machine: inout Machine) -> [Machine.Action] {
+        var actions: [Machine.Action] = []
+        for entry in machine.connections.entries where !entry.lost && !entry.connection.isActive {
+            actions += machine.connectionLost(entry.id)
+        }
+        return actions
+    }
+
+    private func perform(_ effects: Effects, abort: Bool = false) async {
+        for (continuation, result) in effects.resumes { continuation.resume(with: result) }
+        for (clients, reason) in effects.closes {
+            switch reason {
+            case .retired:
+                logger.info("closing NBD connection: the server is shutting down", metadata: ["export": "\(name)"])
+            case .idle:
+                logger.debug("closing idle NBD connection", metadata: ["export": "\(name)"])
+            case .lost, .shutdown:
+                break
+            }
+            for client in clients {
+                if abort { await client.abort() } else { await client.disconnect() }
+            }
+        }
+    }
+}
+
+extension ExportPool.State {
+    /// Turns the machine's actions into outcomes for waiting tasks (resumed after the lock is
+    /// released, or kept for a task that has not suspended yet) and connections to close.
+    fileprivate mutating func apply(_ actions: [ExportPool.Machine.Action]) -> ExportPool.Effects {
+        var effects = ExportPool.Effects()
+        for action in actions {
+            switch action {
+            case .lease(let lease, let client):
+                resolve(lease, .success(.use(client)), &effects)
+            case .open(let lease):
+                resolve(lease, .success(.open), &effects)
+            case .fail(let lease, let error):
+                resolve(lease, .failure(error), &effects)
+            case .cancel(let lease):
+                resolve(lease, .failure(CancellationError()), &effects)
+            case .park:
+                break
+            case .close(let clients, let reason):
+                effects.closes.append((clients, reason))
+            }
+        }
+        return effects
+    }
+
+    private mutating func resolve(_ lease: Int, _ result: Result<ExportPool.Outcome, any Error>, _ effects: inout ExportPool.Effects) {
+        switch waiters.removeValue(forKey: lease) {
+        case .waiting(let continuation):
+            effects.resumes.append((continuation, result))
+        case .ready(let earlier):
+            waiters[lease] = .ready(earlier + [result])
+        case nil:
+            waiters[lease] = .ready([result])
+        }
+    }
+
+    /// The oldest outcome kept for lease `lease`, if any.
+    fileprivate mutating func takeReady(_ lease: Int) -> Result<ExportPool.Outcome, any Error>? {
+        guard case .ready(var results) = waiters[lease], !results.isEmpty else { return nil }
+        let first = results.removeFirst()
+        waiters[lease] = results.isEmpty ? nil : .ready(results)
+        return first
+    }
+
+    /// Publishes how many connections are open, when that changed.
+    fileprivate mutating func recordConnections() {
+        let count = machine.connectionCount
+        guard count != recorded, let metrics else { return }
+        recorded = count
+        metrics.connections.record(count)
     }
 }

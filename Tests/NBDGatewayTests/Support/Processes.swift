@@ -39,22 +39,39 @@ private func exitCode(_ status: Int32) -> Int32 {
     status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
-/// Blocks (on `blockingPool`) until `pid` exits; returns its exit code.
-private func waitForExit(_ pid: pid_t) async throws -> Int32 {
-    try await blockingPool.runIfActive {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno != EINTR { return -1 }
+/// Waits until `pid` exits; returns its exit code. On a thread of its own: in a pool busy with
+/// blocking sockets the wait could start late and make a prompt exit look slow.
+private func waitForExit(_ pid: pid_t, exitedAt: ExitClock? = nil) async throws -> Int32 {
+    await withCheckedContinuation { continuation in
+        let waiter = Thread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 {
+                if errno != EINTR {
+                    continuation.resume(returning: -1)
+                    return
+                }
+            }
+            exitedAt?.mark()
+            continuation.resume(returning: exitCode(status))
         }
-        return exitCode(status)
+        waiter.name = "waitpid \(pid)"
+        waiter.start()
     }
 }
 
 /// Waits for `pid` to exit; after `timeout` it is sent SIGKILL (and waited for). Returns the
 /// exit code and whether the timeout fired.
-private func waitForExit(_ pid: pid_t, timeout: Duration) async throws -> (status: Int32, timedOut: Bool) {
+/// When a child was seen to exit, noted by the waiting thread itself (the task that reads it
+/// may run later, when the cooperative pool is busy).
+final class ExitClock: Sendable {
+    private let instant = Mutex<ContinuousClock.Instant?>(nil)
+    func mark() { instant.withLock { $0 = .now } }
+    var exitedAt: ContinuousClock.Instant? { instant.withLock { $0 } }
+}
+
+private func waitForExit(_ pid: pid_t, timeout: Duration, exitedAt: ExitClock? = nil) async throws -> (status: Int32, timedOut: Bool) {
     try await withThrowingTaskGroup(of: Int32?.self) { group in
-        group.addTask { try await waitForExit(pid) }
+        group.addTask { try await waitForExit(pid, exitedAt: exitedAt) }
         group.addTask {
             // A deadline, not synchronisation: only a hung child gets here.
             try? await Task.sleep(for: timeout)
@@ -185,14 +202,22 @@ final class BackgroundProcess: Sendable {
     /// SIGTERM (graceful), then SIGKILL if it has not exited within `timeout`. Idempotent.
     @discardableResult
     func stop(timeout: Duration = .seconds(10)) async -> (status: Int32, timedOut: Bool) {
+        let (status, timedOut, _) = await stopTimed(timeout: timeout)
+        return (status, timedOut)
+    }
+
+    /// `stop`, also telling how long the process took to exit after SIGTERM.
+    func stopTimed(timeout: Duration = .seconds(10)) async -> (status: Int32, timedOut: Bool, took: Duration?) {
         let first = stopped.withLock { stopped -> Bool in
             defer { stopped = true }
             return !stopped
         }
-        guard first else { return (0, false) }
+        guard first else { return (0, false, nil) }
+        let exit = ExitClock()
+        let sent = ContinuousClock.now
         kill(pid, SIGTERM)
-        let result = (try? await waitForExit(pid, timeout: timeout)) ?? (-1, false)
+        let result: (status: Int32, timedOut: Bool) = (try? await waitForExit(pid, timeout: timeout, exitedAt: exit)) ?? (-1, false)
         close(stdoutDescriptor)
-        return result
+        return (result.status, result.timedOut, exit.exitedAt.map { $0 - sent })
     }
 }
