@@ -80,7 +80,7 @@ struct GatewayCommand: AsyncParsableCommand {
             exports: exportURIs,
             backends: backendURIs,
             pool: PoolSettings(maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client, idleTimeout: .seconds(settings.idleTimeout)),
-            routes: GatewayRoutes.Settings(
+            routes: GatewayRouteSettings(
                 readOnly: settings.readOnly,
                 openAPIDocument: try OpenAPIDocument.load(),
                 metricsText: { registry.emitToString() }

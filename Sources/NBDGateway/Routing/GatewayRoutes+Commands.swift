@@ -54,7 +54,7 @@ extension GatewayRoutes {
     /// Trim and zero: `?offset=&length=` (length required), `fua`, and `fast` for zero.
     private func ranged(
         _ request: GatewayRequest, route: Route, operation: String,
-        _ body: @Sendable (NBDClient, UInt64, UInt64, Bool, Bool) async throws -> Void
+        _ body: @Sendable (Catalog.Export.Device, UInt64, UInt64, Bool, Bool) async throws -> Void
     ) async throws(GatewayError) -> GatewayResponse {
         let offset = try number(request, "offset") ?? 0
         guard let length = try number(request, "length") else {

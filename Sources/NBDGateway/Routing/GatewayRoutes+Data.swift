@@ -26,9 +26,9 @@ extension GatewayRoutes {
     }
 
     /// Ranges up to this size are answered from memory instead of streamed.
-    static let inlineBodyLimit = 256 << 10
+    static var inlineBodyLimit: Int { 256 << 10 }
 
-    static let dataHeaders: [(name: String, value: String)] = [("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+    static var dataHeaders: [(name: String, value: String)] { [("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")] }
 
     func get(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
         let (pool, info, name) = try await open(route)
@@ -67,7 +67,7 @@ extension GatewayRoutes {
     }
 
     /// A body reading `parts` (each preceded by its multipart header, if any) on a pooled connection.
-    private func stream(_ pool: ExportPool, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
+    private func stream(_ pool: Catalog.Export, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
         let chunkSize = settings.readChunkSize
         return ResponseBodyStream(highWater: 4 * chunkSize) { body in
             try await pool.withClient(load: pool.streamLoad) { client in
@@ -121,7 +121,7 @@ extension GatewayRoutes {
     }
 
     /// Decides a PUT once the export is known: permission (403), bounds (416), then the upload.
-    func preparePut(_ request: GatewayRequest, _ syntax: PutSyntax, pool: ExportPool, info: NBDExportInfo, name: String) throws(GatewayError) -> UploadDecision {
+    func preparePut(_ request: GatewayRequest, _ syntax: PutSyntax, pool: Catalog.Export, info: NBDExportInfo, name: String) throws(GatewayError) -> UploadDecision {
         let (fua, offsetParameter, contentRange, contentLength) = syntax
         try requireWritable(info, name)
         let size = info.size

@@ -19,42 +19,19 @@ public enum UploadDecision: Sendable {
     case accept(UploadSession, respond: @Sendable (Result<UInt64, GatewayError>) -> GatewayResponse)
 }
 
-/// The gateway's routes over an export catalog.
-public struct GatewayRoutes: GatewayHTTPHandler {
-    public struct Settings: Sendable {
-        /// Refuse every write, whatever the exports allow.
-        public var readOnly: Bool
-        /// The contract served at /openapi.yaml.
-        public var openAPIDocument: String
-        /// The Prometheus text served at /metrics.
-        public var metricsText: @Sendable () async -> String
-        /// Size of each NBD read while streaming a GET. Four are in flight and four more may
-        /// wait for the HTTP client: small enough that the connection's pooled receive buffers
-        /// (`NBDClientConfiguration.receiveBufferPoolSize`) cover them all and are reused.
-        public var readChunkSize: Int
-        /// Size of each NBD write of a PUT (chunks are cut at multiples of it).
-        public var writeChunkSize: Int
+/// The gateway's routes over an export catalog (`ExportCatalog` in the gateway; an in-memory
+/// one in the tests, which run the routes in process).
+public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
+    public typealias Settings = GatewayRouteSettings
 
-        public init(
-            readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
-            readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20
-        ) {
-            self.readOnly = readOnly
-            self.openAPIDocument = openAPIDocument
-            self.metricsText = metricsText
-            self.readChunkSize = readChunkSize
-            self.writeChunkSize = writeChunkSize
-        }
-    }
-
-    let catalog: ExportCatalog
+    let catalog: Catalog
     let settings: Settings
     /// Starts background work tied to a response (streaming bodies, upload writes).
     let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
     let logger: Logger
     let metrics = GatewayMetrics()
 
-    public init(catalog: ExportCatalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
+    public init(catalog: Catalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
         self.catalog = catalog
         self.settings = settings
         self.spawn = spawn
@@ -138,7 +115,7 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     // MARK: - Shared steps
 
     /// The export's pool and negotiated info, or the error that says why not.
-    func open(_ route: Route) async throws(GatewayError) -> (ExportPool, NBDExportInfo, String) {
+    func open(_ route: Route) async throws(GatewayError) -> (Catalog.Export, NBDExportInfo, String) {
         let name = try route.exportName() ?? ""
         let pool = try await catalog.pool(for: name)
         // Negotiated on a connection that is still open: flags and size are current.
@@ -153,7 +130,9 @@ public struct GatewayRoutes: GatewayHTTPHandler {
     }
 
     /// Runs NBD work on a pooled connection, turning NBD errors into HTTP ones.
-    func withClient<T: Sendable>(_ pool: ExportPool, _ info: NBDExportInfo, writing: Bool = false, _ body: (NBDClient) async throws -> T) async throws(GatewayError) -> T {
+    func withClient<T: Sendable>(
+        _ pool: Catalog.Export, _ info: NBDExportInfo, writing: Bool = false, _ body: (Catalog.Export.Device) async throws -> T
+    ) async throws(GatewayError) -> T {
         do {
             return try await pool.withClient(body)
         } catch let error as NBDError {
@@ -222,5 +201,32 @@ extension Result {
         } catch {
             self = .failure(error)
         }
+    }
+}
+
+/// What the routes serve besides the exports, and how they move bytes.
+public struct GatewayRouteSettings: Sendable {
+    /// Refuse every write, whatever the exports allow.
+    public var readOnly: Bool
+    /// The contract served at /openapi.yaml.
+    public var openAPIDocument: String
+    /// The Prometheus text served at /metrics.
+    public var metricsText: @Sendable () async -> String
+    /// Size of each NBD read while streaming a GET. Four are in flight and four more may
+    /// wait for the HTTP client: small enough that the connection's pooled receive buffers
+    /// (`NBDClientConfiguration.receiveBufferPoolSize`) cover them all and are reused.
+    public var readChunkSize: Int
+    /// Size of each NBD write of a PUT (chunks are cut at multiples of it).
+    public var writeChunkSize: Int
+
+    public init(
+        readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
+        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20
+    ) {
+        self.readOnly = readOnly
+        self.openAPIDocument = openAPIDocument
+        self.metricsText = metricsText
+        self.readChunkSize = readChunkSize
+        self.writeChunkSize = writeChunkSize
     }
 }

@@ -12,9 +12,9 @@ public struct GatewayConfiguration: Sendable {
     /// `--backend URI`: every export the server lists.
     public var backends: [NBDURI]
     public var pool: PoolSettings
-    public var routes: GatewayRoutes.Settings
+    public var routes: GatewayRouteSettings
 
-    public init(http: HTTPServerConfiguration, exports: [(name: String, uri: NBDURI)], backends: [NBDURI], pool: PoolSettings, routes: GatewayRoutes.Settings) {
+    public init(http: HTTPServerConfiguration, exports: [(name: String, uri: NBDURI)], backends: [NBDURI], pool: PoolSettings, routes: GatewayRouteSettings) {
         self.http = http
         self.exports = exports
         self.backends = backends
