@@ -23,15 +23,16 @@ public final class ExportCatalog: Sendable {
         pools.withLock { $0[name] }
     }
 
-    /// The pool serving `name`, or a 404 when no backend has it.
-    public func pool(for name: String) async throws(GatewayError) -> ExportPool {
+    /// The pool serving `name`; `.unknownExport` when no backend has it, or the first
+    /// backend's failure when none could be asked.
+    public func pool(for name: String) async throws(NBDError) -> ExportPool {
         if let pool = pools.withLock({ $0[name] }) { return pool }
         if let entry = fixed.first(where: { $0.name == name }) {
             return remember(ExportPool(name: name, uri: entry.uri, settings: settings, logger: logger))
         }
         // The first backend that negotiates the name serves it; a backend that cannot be
         // reached is reported only when no backend has the export.
-        var failure: GatewayError?
+        var failure: NBDError?
         for backend in backends {
             var uri = backend
             uri.exportName = name
@@ -45,14 +46,14 @@ public final class ExportCatalog: Sendable {
                 await candidate.close()
             } catch let error as NBDError {
                 await candidate.close()
-                failure = failure ?? GatewayError(error, export: name)
+                failure = failure ?? error
             } catch {
                 await candidate.close()
-                failure = failure ?? .internalError("\(error)")
+                failure = failure ?? NBDError(.connectionFailed, NBDClient.plainDescription(of: error), exportName: name)
             }
         }
         if let failure { throw failure }
-        throw .unknownExport(name)
+        throw NBDError(.unknownExport, "no export named \"\(name)\"", exportName: name)
     }
 
     private func remember(_ pool: ExportPool) -> ExportPool {
@@ -64,22 +65,22 @@ public final class ExportCatalog: Sendable {
     }
 
     /// The union of the `--export` names and what each backend lists.
-    public func list() async throws(GatewayError) -> [NBDExportListing] {
+    public func list() async throws(NBDError) -> [NBDExportListing] {
         var exports: [NBDExportListing] = []
         for entry in fixed {
             let description = pools.withLock { $0[entry.name] }?.cachedInfo?.description ?? ""
             exports.append(NBDExportListing(name: entry.name, description: description))
         }
-        var firstFailure: GatewayError?
+        var firstFailure: NBDError?
         var anyAnswered = !fixed.isEmpty
         for backend in backends {
             do {
                 exports += try await NBDClient.list(backend, configuration: settings.client, logger: logger)
                 anyAnswered = true
             } catch let error as NBDError {
-                firstFailure = firstFailure ?? GatewayError(error, export: nil)
+                firstFailure = firstFailure ?? error
             } catch {
-                firstFailure = firstFailure ?? GatewayError(NBDError(.connectionFailed, "\(error)"), export: nil)
+                firstFailure = firstFailure ?? NBDError(.connectionFailed, NBDClient.plainDescription(of: error))
             }
         }
         if !anyAnswered, let firstFailure { throw firstFailure }

@@ -50,10 +50,10 @@ public protocol ExportDirectory: Sendable {
     associatedtype Export: ExportHandle
     /// The export's handle if it was opened before, without waiting.
     func cachedPool(for name: String) -> Export?
-    /// The export's handle, or why there is none (unknown export, backends unreachable).
-    func pool(for name: String) async throws(GatewayError) -> Export
+    /// The export's handle, or why there is none (`.unknownExport`, a backend's failure).
+    func pool(for name: String) async throws(NBDError) -> Export
     /// Every export served (NBD_OPT_LIST on the backends).
-    func list() async throws(GatewayError) -> [NBDExportListing]
+    func list() async throws(NBDError) -> [NBDExportListing]
     /// Each backend and whether it answers.
     func readiness() async -> [(uri: NBDURI, ready: Bool)]
 }

@@ -2,7 +2,12 @@ import NBDClient
 
 extension GatewayRoutes {
     func listExports(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
-        let exports = try await catalog.list()
+        let exports: [NBDExportListing]
+        do {
+            exports = try await catalog.list()
+        } catch {
+            throw GatewayError(error, export: nil)
+        }
         let body = JSON.Value.object([
             ("exports", .array(exports.map { .object([("name", .string($0.name)), ("description", .string($0.description))]) })),
         ])

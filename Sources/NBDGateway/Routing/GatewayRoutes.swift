@@ -117,7 +117,12 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
     /// The export's pool and negotiated info, or the error that says why not.
     func open(_ route: Route) async throws(GatewayError) -> (Catalog.Export, NBDExportInfo, String) {
         let name = try route.exportName() ?? ""
-        let pool = try await catalog.pool(for: name)
+        let pool: Catalog.Export
+        do {
+            pool = try await catalog.pool(for: name)
+        } catch {
+            throw GatewayError(error, export: name)
+        }
         // Negotiated on a connection that is still open: flags and size are current.
         if let info = pool.liveInfo { return (pool, info, name) }
         do {

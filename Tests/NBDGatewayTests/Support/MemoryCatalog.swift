@@ -106,15 +106,15 @@ final class MemoryCatalog: ExportDirectory {
 
     func cachedPool(for name: String) -> MemoryExport? { exports[name] }
 
-    func pool(for name: String) async throws(GatewayError) -> MemoryExport {
+    func pool(for name: String) async throws(NBDError) -> MemoryExport {
         if unreachable.contains(name) {
-            throw GatewayError(NBDError(.connectionFailed, "cannot connect to nbd://backend/\(name): connection refused"), export: name)
+            throw NBDError(.connectionFailed, "cannot connect to nbd://backend/\(name): connection refused", exportName: name)
         }
-        guard let export = exports[name] else { throw .unknownExport(name) }
+        guard let export = exports[name] else { throw NBDError(.unknownExport, "no export named \"\(name)\"", exportName: name) }
         return export
     }
 
-    func list() async throws(GatewayError) -> [NBDExportListing] {
+    func list() async throws(NBDError) -> [NBDExportListing] {
         exports.keys.sorted().map { NBDExportListing(name: $0, description: "memory") }
     }
 
