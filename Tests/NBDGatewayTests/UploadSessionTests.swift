@@ -1,4 +1,5 @@
 @testable import NBDGateway
+import NBDClient
 import NIOCore
 import Synchronization
 import Testing
@@ -15,7 +16,7 @@ struct UploadSessionTests {
         offset: UInt64, declared: UInt64?, size: UInt64 = 1 << 20, chunk: Int = 4096, recorder: Recorder
     ) -> UploadSession {
         UploadSession(
-            offset: offset, declaredLength: declared, exportName: "disk", exportSize: size,
+            offset: offset, declaredLength: declared, exportSize: size,
             chunkSize: chunk, highWater: 4 * chunk,
             spawn: { job in Task { await job() } },
             write: { at, buffer in recorder.writes.withLock { $0.append((at, Array(buffer: buffer))) } },
@@ -58,7 +59,7 @@ struct UploadSessionTests {
 
     /// Offers `count` bytes at `offset` (declaring `declared`) and returns the error the
     /// upload ends with, and the bytes it wrote.
-    static func refusal(offset: UInt64, declared: UInt64?, size: UInt64 = 1 << 20, count: Int) async -> (GatewayError?, Int) {
+    static func refusal(offset: UInt64, declared: UInt64?, size: UInt64 = 1 << 20, count: Int) async -> (UploadFailure?, Int) {
         let recorder = Recorder()
         let session = Self.session(offset: offset, declared: declared, size: size, recorder: recorder)
         Self.offer(session, [UInt8](repeating: 1, count: count), pieces: count)
@@ -68,27 +69,48 @@ struct UploadSessionTests {
         return (error, written)
     }
 
-    @Test("more than the declared length: 413, and nothing past the declared bytes is written")
+    @Test("more than the declared length: longerThanDeclared (413), and nothing past the declared bytes is written")
     func longerThanDeclared() async {
-        let (error, written) = await Self.refusal(offset: 0, declared: 100, count: 150)
-        #expect(error?.status == 413)
-        #expect(error?.code == "payload_too_large")
+        let (failure, written) = await Self.refusal(offset: 0, declared: 100, count: 150)
+        #expect(failure == .longerThanDeclared(declared: 100))
         #expect(written == 0)
+        let answer = failure.map { GatewayError($0, export: "disk", exportSize: 1 << 20) }
+        #expect(answer?.status == 413 && answer?.code == "payload_too_large")
     }
 
-    @Test("short of the declared length: 400 once the body ends")
+    @Test("short of the declared length: shorterThanDeclared (400) once the body ends")
     func shorterThanDeclared() async {
-        let (error, _) = await Self.refusal(offset: 0, declared: 100, count: 60)
-        #expect(error?.status == 400)
-        #expect(error?.code == "invalid_range")
-        #expect(error?.message == "the body has 60 of the 100 bytes declared")
+        let (failure, _) = await Self.refusal(offset: 0, declared: 100, count: 60)
+        #expect(failure == .shorterThanDeclared(received: 60, declared: 100))
+        let answer = failure.map { GatewayError($0, export: "disk", exportSize: 1 << 20) }
+        #expect(answer?.status == 400 && answer?.code == "invalid_range")
+        #expect(answer?.message == "the body has 60 of the 100 bytes declared")
     }
 
-    @Test("past the end of the export: 416, nothing written")
+    @Test("past the end of the export: passesEnd (416), nothing written")
     func pastTheEnd() async {
-        let (error, written) = await Self.refusal(offset: 1000, declared: nil, size: 1024, count: 100)
-        #expect(error?.status == 416)
-        #expect(error?.code == "range_not_satisfiable")
+        let (failure, written) = await Self.refusal(offset: 1000, declared: nil, size: 1024, count: 100)
+        #expect(failure == .passesEnd(exportSize: 1024))
         #expect(written == 0)
+        let answer = failure.map { GatewayError($0, export: "disk", exportSize: 1024) }
+        #expect(answer?.status == 416 && answer?.headers.first { $0.name == "Content-Range" }?.value == "bytes */1024")
+    }
+
+    @Test("a failed write: its NBD error, answered through the table as a write (ENOSPC: 507)")
+    func failedWrite() async {
+        let session = UploadSession(
+            offset: 0, declaredLength: 10, exportSize: 1 << 20, chunkSize: 4096, highWater: 8192,
+            spawn: { job in Task { await job() } },
+            write: { _, _ in throw NBDError(.serverError, errno: .ENOSPC) }, complete: {}
+        )
+        session.setWake {}
+        [UInt8](repeating: 1, count: 10).withUnsafeBytes { session.offer($0, suspend: {}) }
+        guard case .failure(let failure) = await session.finish() else {
+            Issue.record("the upload should fail")
+            return
+        }
+        #expect(failure == .nbd(NBDError(.serverError, errno: .ENOSPC)))
+        let answer = GatewayError(failure, export: "disk", exportSize: 1 << 20)
+        #expect(answer.status == 507 && answer.nbdError == "ENOSPC")
     }
 }

@@ -111,6 +111,20 @@ public struct GatewayError: Error, Sendable, Equatable {
         )
     }
 
+    /// How a failed upload answers.
+    public init(_ failure: UploadFailure, export: String, exportSize: UInt64) {
+        switch failure {
+        case .longerThanDeclared(let declared):
+            self = .payloadTooLarge("the body is longer than the \(declared) bytes declared", export: export)
+        case .shorterThanDeclared(let received, let declared):
+            self = .invalidRange("the body has \(received) of the \(declared) bytes declared", export: export)
+        case .passesEnd(let size):
+            self = .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: export)
+        case .nbd(let error):
+            self = GatewayError(error, export: export, exportSize: exportSize, writing: true)
+        }
+    }
+
     /// The NBD error the answer names: the server's errno or option error, or what a failure
     /// the client found itself stands for.
     static func nbdErrorBehind(_ error: NBDError) -> (name: String, number: UInt32)? {

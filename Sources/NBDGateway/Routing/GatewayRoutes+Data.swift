@@ -149,7 +149,7 @@ extension GatewayRoutes {
         // connections, visible on all of them before we answer.
         let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
         let session = UploadSession(
-            offset: offset, declaredLength: declared, exportName: name, exportSize: size,
+            offset: offset, declaredLength: declared, exportSize: size,
             chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, spawn: spawn,
             write: { chunkOffset, chunk in
                 try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }
@@ -171,8 +171,8 @@ extension GatewayRoutes {
                 response = resumeForm
                     ? GatewayResponse(status: 204)
                     : .json(200, Self.operationJSON("write", offset: offset, length: length))
-            case .failure(let error):
-                response = error.response(requestID: requestID)
+            case .failure(let failure):
+                response = GatewayError(failure, export: name, exportSize: size).response(requestID: requestID)
             }
             // Counted like every other answer (refusals are counted where they are decided).
             record(request, response, since: started)

@@ -16,7 +16,7 @@ public protocol GatewayHTTPHandler: Sendable {
 /// A PUT's fate, decided from its headers alone.
 public enum UploadDecision: Sendable {
     case reject(GatewayResponse)
-    case accept(UploadSession, respond: @Sendable (Result<UInt64, GatewayError>) -> GatewayResponse)
+    case accept(UploadSession, respond: @Sendable (Result<UInt64, UploadFailure>) -> GatewayResponse)
 }
 
 /// The gateway's routes over an export catalog (`ExportCatalog` in the gateway; an in-memory

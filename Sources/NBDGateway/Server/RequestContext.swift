@@ -11,7 +11,7 @@ struct ConnectionControl: Sendable {
 /// A PUT accepted into an upload, with how its outcome becomes the answer.
 struct AcceptedUpload: Sendable {
     let session: UploadSession
-    let respond: @Sendable (Result<UInt64, GatewayError>) -> GatewayResponse
+    let respond: @Sendable (Result<UInt64, UploadFailure>) -> GatewayResponse
 }
 
 /// One HTTP request: its state machine behind one lock, and the connection it suspends and

@@ -19,7 +19,7 @@ public final class UploadSession: Sendable {
         var received: UInt64 = 0
         var pendingBytes = 0
         var inFlight = 0
-        var error: GatewayError?
+        var error: UploadFailure?
         var readerSuspended = false
         var wake: (@Sendable () -> Void)?
         var drained: CheckedContinuation<Void, Never>?
@@ -30,7 +30,6 @@ public final class UploadSession: Sendable {
     public let declaredLength: UInt64?
     /// Bytes the export has room for from `offset`.
     public let limit: UInt64
-    private let exportName: String
     private let exportSize: UInt64
     private let chunkSize: Int
     private let highWater: Int
@@ -40,7 +39,7 @@ public final class UploadSession: Sendable {
     private let state: Mutex<State>
 
     public init(
-        offset: UInt64, declaredLength: UInt64?, exportName: String, exportSize: UInt64,
+        offset: UInt64, declaredLength: UInt64?, exportSize: UInt64,
         chunkSize: Int = 1 << 20, highWater: Int = 8 << 20,
         spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void,
         write: @escaping @Sendable (UInt64, ByteBuffer) async throws -> Void,
@@ -49,7 +48,6 @@ public final class UploadSession: Sendable {
         self.offset = offset
         self.declaredLength = declaredLength
         self.limit = exportSize - min(offset, exportSize)
-        self.exportName = exportName
         self.exportSize = exportSize
         self.chunkSize = chunkSize
         self.highWater = highWater
@@ -71,11 +69,11 @@ public final class UploadSession: Sendable {
             guard state.error == nil else { return [] }  // Failed: the rest of the body is discarded.
             let newTotal = state.received + UInt64(bytes.count)
             if let declaredLength, newTotal > declaredLength {
-                state.error = .payloadTooLarge("the body is longer than the \(declaredLength) bytes declared", export: exportName)
+                state.error = .longerThanDeclared(declared: declaredLength)
                 return []
             }
             if newTotal > limit {
-                state.error = .unsatisfiable("the write passes the end of the export (size \(exportSize))", size: exportSize, export: exportName)
+                state.error = .passesEnd(exportSize: exportSize)
                 return []
             }
             state.received = newTotal
@@ -118,15 +116,11 @@ public final class UploadSession: Sendable {
 
     private func start(_ chunkOffset: UInt64, _ chunk: ByteBuffer) {
         spawn { [self] in
-            var failure: GatewayError?
+            var failure: UploadFailure?
             do {
                 try await write(chunkOffset, chunk)
-            } catch let error as NBDError {
-                failure = GatewayError(error, export: exportName, exportSize: exportSize, writing: true)
-            } catch let error as GatewayError {
-                failure = error
             } catch {
-                failure = .internalError("\(error)")
+                failure = UploadFailure(error)
             }
             let (wake, drained) = state.withLock { state -> ((@Sendable () -> Void)?, CheckedContinuation<Void, Never>?) in
                 state.pendingBytes -= chunk.readableBytes
@@ -154,7 +148,7 @@ public final class UploadSession: Sendable {
 
     /// The body ended: writes the last partial chunk, waits for every write, checks the
     /// length, makes the data durable/visible as asked, and answers.
-    public func finish() async -> Result<UInt64, GatewayError> {
+    public func finish() async -> Result<UInt64, UploadFailure> {
         let last = state.withLock { state -> (UInt64, ByteBuffer)? in
             guard state.error == nil, let staging = state.staging, staging.readableBytes > 0 else { return nil }
             state.staging = nil
@@ -174,15 +168,41 @@ public final class UploadSession: Sendable {
         let (received, error) = state.withLock { ($0.received, $0.error) }
         if let error { return .failure(error) }
         if let declaredLength, received < declaredLength {
-            return .failure(.invalidRange("the body has \(received) of the \(declaredLength) bytes declared", export: exportName))
+            return .failure(.shorterThanDeclared(received: received, declared: declaredLength))
         }
         do {
             try await complete()
-        } catch let error as NBDError {
-            return .failure(GatewayError(error, export: exportName, exportSize: exportSize, writing: true))
         } catch {
-            return .failure(.internalError("\(error)"))
+            return .failure(UploadFailure(error))
         }
         return .success(received)
+    }
+}
+
+/// Why an upload failed: what the body did against its headers or the export, or the NBD
+/// error a write met. The route turns it into the HTTP answer.
+public enum UploadFailure: Error, Sendable, Equatable {
+    /// The body went on past the length its headers declared.
+    case longerThanDeclared(declared: UInt64)
+    /// The body ended before the length its headers declared.
+    case shorterThanDeclared(received: UInt64, declared: UInt64)
+    /// The body went on past the end of the export.
+    case passesEnd(exportSize: UInt64)
+    /// A write or the final flush failed.
+    case nbd(NBDError)
+
+    init(_ error: any Error) {
+        self = .nbd(error as? NBDError ?? NBDError(.disconnected, NBDClient.plainDescription(of: error)))
+    }
+
+    /// NBD errors are equal when their code and the server's error are (messages may differ).
+    public static func == (lhs: UploadFailure, rhs: UploadFailure) -> Bool {
+        switch (lhs, rhs) {
+        case (.longerThanDeclared(let a), .longerThanDeclared(let b)): a == b
+        case (.shorterThanDeclared(let a, let b), .shorterThanDeclared(let c, let d)): a == c && b == d
+        case (.passesEnd(let a), .passesEnd(let b)): a == b
+        case (.nbd(let a), .nbd(let b)): a.code == b.code && a.errno == b.errno && a.optionError == b.optionError
+        default: false
+        }
     }
 }
