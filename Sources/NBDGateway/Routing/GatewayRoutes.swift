@@ -30,12 +30,25 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
     let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
     let logger: Logger
     let metrics = GatewayMetrics()
+    /// Failures, logged once per cause and window with a count.
+    let failures: FailureLog
 
     public init(catalog: Catalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
         self.catalog = catalog
         self.settings = settings
         self.spawn = spawn
         self.logger = logger
+        self.failures = FailureLog(logger: logger)
+    }
+
+    /// Writes the counts of failures whose window is over; call it every second or so.
+    public func reportRepeatedFailures() {
+        failures.tick()
+    }
+
+    /// Writes every count of failures not reported yet (at shutdown).
+    public func reportAllRepeatedFailures() {
+        failures.drain()
     }
 
     public func respond(to request: GatewayRequest) async -> GatewayResponse {
@@ -175,7 +188,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         metrics.requests(method: request.method, status: response.status).increment()
         metrics.duration(method: request.method).recordInterval(since: started)
         if response.status >= 500 {
-            logger.warning("request failed", metadata: ["request_id": "\(request.requestID)", "method": "\(request.method)", "path": "\(request.rawPath)", "status": "\(response.status)"])
+            failures.failed(request, status: response.status, export: Route.parse(request.rawPath).flatMap { try? $0.exportName() })
         }
     }
 }

@@ -64,6 +64,12 @@ public final class GatewayService: Service {
                     await catalog.closeIdle()
                 }
             }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    routes.reportRepeatedFailures()
+                }
+            }
             // Until graceful shutdown (or cancellation): then drain and stop. Requests that
             // outlive the grace period lose their NBD connections without waiting for replies.
             try await server.run(onListening: onListening, onGraceExpired: { await catalog.abort() })
@@ -73,6 +79,7 @@ public final class GatewayService: Service {
         // finishing on their connections. The pools close after them.
         await jobs.waitUntilIdle()
         await catalog.close()
+        routes.reportAllRepeatedFailures()
         logger.info("stopped")
     }
 }
