@@ -14,21 +14,24 @@ struct LogFloodTests {
         #expect(try await gateway.get("/exports/disk/data", headers: [("Range", "bytes=0-9")]).status == 206)
         kill(server.pid, SIGKILL)
         var statuses: [Int: Int] = [:]
+        let started = ContinuousClock.now
         for _ in 0..<300 {
             let response = try await gateway.send(HTTPRequest("GET", "/exports/disk/data", headers: [("Range", "bytes=0-9")]), record: false)
             statuses[response.status, default: 0] += 1
         }
         #expect(statuses == [502: 300], "\(statuses)")
+        // Windows of 5 s: one warning each at most (the requests take well under one when the
+        // machine is quiet, several when it is busy).
+        let windows = Int((ContinuousClock.now - started).components.seconds / 5) + 2
         let (status, _) = await gateway.process.stop()
         #expect(status == 0)
         let log = gateway.process.stderrText.split(separator: "\n")
         let firsts = log.filter { $0.contains("warning") && $0.contains("request failed") }
         let counts = log.filter { $0.contains("more requests failed the same way") }
-        // The requests took well under the 5 s window, or at most a few windows.
-        #expect(firsts.count >= 1 && firsts.count <= 3, "\(firsts)")
+        #expect(firsts.count >= 1 && firsts.count <= windows, "\(firsts.count) warnings in \(windows - 1) windows")
         let counted = counts.compactMap { $0.firstMatch(of: /count=(\d+)/).flatMap { Int($0.1) } }.reduce(0, +)
         #expect(counted + firsts.count == 300, "\(counts)")
-        #expect(log.count < 20, "\(log.count) lines")
+        #expect(log.count < 2 * windows + 10, "\(log.count) lines")
         await gateway.stop()
     }
 }
