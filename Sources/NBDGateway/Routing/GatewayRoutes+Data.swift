@@ -41,7 +41,7 @@ extension GatewayRoutes {
             let headers = Self.dataHeaders + [("Content-Range", "bytes \(range.lowerBound)-\(range.upperBound)/\(size)")]
             if range.count <= Self.inlineBodyLimit {
                 // Small ranges are read before answering: one round trip, and errors keep their status.
-                let bytes = try await withClient(pool, info) { try await $0.read(at: range.lowerBound, length: range.count) }
+                let bytes = try await withReadRetries(pool, info) { try await $0.read(at: range.lowerBound, length: range.count) }
                 pool.countRead(bytes.readableBytes)
                 return GatewayResponse(status: 206, headers: headers, body: .bytes(bytes))
             }
@@ -66,22 +66,30 @@ extension GatewayRoutes {
         }
     }
 
-    /// A body reading `parts` (each preceded by its multipart header, if any) on a pooled connection.
+    /// A body reading `parts` (each preceded by its multipart header, if any) on a pooled
+    /// connection. A read that fails with a transient error is read again from the first byte
+    /// not yet sent (see `ReadRetry`); the body is cut only when the retries are used up.
     private func stream(_ pool: Catalog.Export, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
         let chunkSize = settings.readChunkSize
+        let retry = ReadRetry(attempts: settings.readRetries)
         return ResponseBodyStream(highWater: 4 * chunkSize) { body in
-            try await pool.withClient(load: pool.streamLoad) { client in
-                for (range, header) in parts {
-                    if let header { try await body.write(header) }
+            for (range, header) in parts {
+                if let header { try await body.write(header) }
+                var position = range.lowerBound
+                let end = range.upperBound + 1
+                try await retry.run(progress: { position }) {
                     var sent = 0
                     defer { pool.countRead(sent) }
-                    try await client.readStream(at: range.lowerBound, length: UInt64(range.count), chunkSize: chunkSize, window: 4) {
-                        try await body.write($0)
-                        sent += $0.readableBytes
+                    try await pool.withClient(load: pool.streamLoad) { client in
+                        try await client.readStream(at: position, length: end - position, chunkSize: chunkSize, window: 4) {
+                            try await body.write($0)
+                            sent += $0.readableBytes
+                            position += UInt64($0.readableBytes)
+                        }
                     }
                 }
-                if let trailer { try await body.write(trailer) }
             }
+            if let trailer { try await body.write(trailer) }
         }
     }
 

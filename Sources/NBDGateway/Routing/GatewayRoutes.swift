@@ -162,6 +162,19 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         }
     }
 
+    /// `withClient` for a read, retried after transient failures (see `ReadRetry`).
+    func withReadRetries<T: Sendable>(
+        _ pool: Catalog.Export, _ info: NBDExportInfo, _ body: (Catalog.Export.Device) async throws -> T
+    ) async throws(GatewayError) -> T {
+        do {
+            return try await ReadRetry(attempts: settings.readRetries).run(progress: { 0 }) { try await pool.withClient(body) }
+        } catch let error as NBDError {
+            throw GatewayError(error, export: pool.name, exportSize: info.size)
+        } catch {
+            throw .internalError("\(error)")
+        }
+    }
+
     func requireWritable(_ info: NBDExportInfo, _ name: String) throws(GatewayError) {
         if settings.readOnly || info.isReadOnly { throw .readOnly(name) }
     }
@@ -236,15 +249,18 @@ public struct GatewayRouteSettings: Sendable {
     public var readChunkSize: Int
     /// Size of each NBD write of a PUT (chunks are cut at multiples of it).
     public var writeChunkSize: Int
+    /// Attempts after a read fails with a transient error (EIO, a lost connection, a timeout).
+    public var readRetries: Int
 
     public init(
         readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
-        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20
+        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20, readRetries: Int = 3
     ) {
         self.readOnly = readOnly
         self.openAPIDocument = openAPIDocument
         self.metricsText = metricsText
         self.readChunkSize = readChunkSize
         self.writeChunkSize = writeChunkSize
+        self.readRetries = readRetries
     }
 }
