@@ -16,7 +16,7 @@ struct GatewayCommand: AsyncParsableCommand {
         Every option can also be set with an environment variable: NBD_GATEWAY_HOST, NBD_GATEWAY_PORT,
         NBD_GATEWAY_BACKEND and NBD_GATEWAY_EXPORT (several separated by spaces), NBD_GATEWAY_READ_ONLY=1,
         NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUESTS_PER_CONNECTION, NBD_GATEWAY_REQUEST_TIMEOUT,
-        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_LOG_LEVEL.
+        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_LOG_LEVEL.
         Flags win over the environment. With no backend at all, an nbdkit memory disk is started.
         """
     )
@@ -30,6 +30,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("requests-per-connection"), help: "Requests one pooled connection carries before the pool spreads to another.") var requestsPerConnection: Int?
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
+    @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle HTTP keep-alive connection stays open (not the NBD pool's --idle-timeout).") var keepAliveTimeout: Int?
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds requests in progress get to finish after SIGTERM/SIGINT (then 503 or a cut body).") var shutdownGrace: Double?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String?
@@ -41,6 +42,7 @@ struct GatewayCommand: AsyncParsableCommand {
         if settings.requestsPerConnection < 1 { throw ValidationError("--requests-per-connection must be at least 1") }
         if settings.requestTimeout < 1 { throw ValidationError("--request-timeout must be at least 1 second") }
         if settings.idleTimeout < 1 { throw ValidationError("--idle-timeout must be at least 1 second") }
+        if settings.keepAliveTimeout < 1 { throw ValidationError("--keep-alive-timeout must be at least 1 second") }
         if settings.readRetries < 0 || settings.readRetries > 100 { throw ValidationError("--read-retries must be 0...100") }
         if !(settings.shutdownGrace >= 0 && settings.shutdownGrace <= 3600) { throw ValidationError("--shutdown-grace must be 0...3600 seconds") }
         for export in settings.exports {
@@ -78,7 +80,10 @@ struct GatewayCommand: AsyncParsableCommand {
         var client = NBDClientConfiguration()
         client.requestTimeout = .seconds(Int64(settings.requestTimeout))
         let configuration = GatewayConfiguration(
-            http: HTTPServerConfiguration(host: settings.host, port: settings.port, shutdownGrace: .milliseconds(Int64(settings.shutdownGrace * 1000))),
+            http: HTTPServerConfiguration(
+                host: settings.host, port: settings.port, connectionTimeout: settings.keepAliveTimeout,
+                shutdownGrace: .milliseconds(Int64(settings.shutdownGrace * 1000))
+            ),
             exports: exportURIs,
             backends: backendURIs,
             pool: PoolSettings(maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client, idleTimeout: .seconds(settings.idleTimeout)),
@@ -127,6 +132,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var idleTimeout: Int
         var shutdownGrace: Double
         var readRetries: Int
+        var keepAliveTimeout: Int
         var logLevel: String
     }
 
@@ -155,6 +161,7 @@ struct GatewayCommand: AsyncParsableCommand {
             idleTimeout: try idleTimeout ?? envInt("IDLE_TIMEOUT") ?? 300,
             shutdownGrace: try shutdownGrace ?? envDouble("SHUTDOWN_GRACE") ?? 10,
             readRetries: try readRetries ?? envInt("READ_RETRIES") ?? 3,
+            keepAliveTimeout: try keepAliveTimeout ?? envInt("KEEP_ALIVE_TIMEOUT") ?? 120,
             logLevel: logLevel ?? env("LOG_LEVEL") ?? "info"
         )
     }

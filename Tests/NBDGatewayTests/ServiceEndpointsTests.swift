@@ -124,10 +124,27 @@ struct ServiceEndpointsTests {
         }
     }
 
+    @Test("--keep-alive-timeout: an idle keep-alive connection is closed after it")
+    func keepAliveTimeout() async throws {
+        try await withGateway(["--export", "disk=nbd+unix:///?socket=/nonexistent", "--keep-alive-timeout", "1"]) { gateway in
+            let port = gateway.port
+            let (status, idle) = try await blockingPool.runIfActive { () throws -> (Int, Duration) in
+                let connection = try RawHTTP.Connection(port: port, timeoutSeconds: 10)
+                defer { connection.close() }
+                let response = try connection.exchange(HTTPRequest("GET", "/healthz", headers: [("Connection", "keep-alive")]), port: port)
+                let answered = ContinuousClock.now
+                _ = connection.readToEnd()  // Until the server closes it (or 10 s pass).
+                return (response.status, ContinuousClock.now - answered)
+            }
+            #expect(status == 200)
+            #expect(idle >= .milliseconds(900) && idle < .seconds(5), "closed after \(idle)")
+        }
+    }
+
     @Test("the CLI refuses bad options before listening")
     func badOptions() async throws {
         let binary = try Paths.gatewayBinary()
-        for arguments in [["--port", "70000"], ["--pool-size", "0"], ["--requests-per-connection", "0"], ["--request-timeout", "0"], ["--export", "noequals"],
+        for arguments in [["--port", "70000"], ["--keep-alive-timeout", "0"], ["--read-retries", "-1"], ["--shutdown-grace", "-1"], ["--pool-size", "0"], ["--requests-per-connection", "0"], ["--request-timeout", "0"], ["--export", "noequals"],
                           ["--export", "d=http://not-nbd"], ["--backend", "nbd+unix:///"], ["--host", "not-an-address", "--port", "0", "--export", "d=nbd+unix:///?socket=/nonexistent"]] {
             let result = try await runProcess(binary, arguments, timeout: .seconds(20), check: false)
             #expect(result.status != 0, "\(arguments)")
