@@ -16,7 +16,7 @@ struct GatewayCommand: AsyncParsableCommand {
         Every option can also be set with an environment variable: NBD_GATEWAY_HOST, NBD_GATEWAY_PORT,
         NBD_GATEWAY_BACKEND and NBD_GATEWAY_EXPORT (several separated by spaces), NBD_GATEWAY_READ_ONLY=1,
         NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUESTS_PER_CONNECTION, NBD_GATEWAY_REQUEST_TIMEOUT,
-        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_LOG_LEVEL.
+        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_MAX_BODY_SIZE, NBD_GATEWAY_LOG_LEVEL.
         Flags win over the environment. With no backend at all, an nbdkit memory disk is started.
         """
     )
@@ -30,6 +30,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("requests-per-connection"), help: "Requests one pooled connection carries before the pool spreads to another.") var requestsPerConnection: Int?
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
+    @Option(name: .customLong("max-body-size"), help: "Largest PUT body in bytes (413 above it; unlimited by default).") var maxBodySize: UInt64?
     @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle HTTP keep-alive connection stays open (not the NBD pool's --idle-timeout).") var keepAliveTimeout: Int?
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds requests in progress get to finish after SIGTERM/SIGINT (then 503 or a cut body).") var shutdownGrace: Double?
@@ -91,7 +92,8 @@ struct GatewayCommand: AsyncParsableCommand {
                 readOnly: settings.readOnly,
                 openAPIDocument: try OpenAPIDocument.load(),
                 metricsText: { registry.emitToString() },
-                readRetries: settings.readRetries
+                readRetries: settings.readRetries,
+                maximumBodySize: settings.maxBodySize
             )
         )
         let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
@@ -133,6 +135,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var shutdownGrace: Double
         var readRetries: Int
         var keepAliveTimeout: Int
+        var maxBodySize: UInt64?
         var logLevel: String
     }
 
@@ -162,6 +165,10 @@ struct GatewayCommand: AsyncParsableCommand {
             shutdownGrace: try shutdownGrace ?? envDouble("SHUTDOWN_GRACE") ?? 10,
             readRetries: try readRetries ?? envInt("READ_RETRIES") ?? 3,
             keepAliveTimeout: try keepAliveTimeout ?? envInt("KEEP_ALIVE_TIMEOUT") ?? 120,
+            maxBodySize: try maxBodySize ?? envInt("MAX_BODY_SIZE").map { value in
+                guard value >= 0 else { throw ValidationError("NBD_GATEWAY_MAX_BODY_SIZE must not be negative") }
+                return UInt64(value)
+            },
             logLevel: logLevel ?? env("LOG_LEVEL") ?? "info"
         )
     }

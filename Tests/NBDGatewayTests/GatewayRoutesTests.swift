@@ -134,6 +134,36 @@ struct GatewayRoutesTests {
         #expect(disk.bytes(1_048_575..<1_048_576) == [0])
     }
 
+    @Test("--max-body-size: a declared length over it is refused before the body (413); an undeclared one once it passes it")
+    func maximumBodySize() async {
+        let limited = GatewayRoutes(
+            catalog: MemoryCatalog(["disk": disk]), settings: GatewayRouteSettings(maximumBodySize: 1000),
+            spawn: { job in Task { await job() } }, logger: Logger(label: "test")
+        )
+        let declared = await limited.beginUpload(request("PUT", "/exports/disk/data", headers: [("Content-Length", "1001")]))
+        guard case .reject(let refusal) = declared else {
+            Issue.record("a declared 1001 bytes should be refused from the headers")
+            return
+        }
+        let refusalCode = await errorCode(refusal)
+        #expect(refusal.status == 413 && refusalCode == "payload_too_large")
+        guard case .accept(let session, let respond) = await limited.beginUpload(request("PUT", "/exports/disk/data", headers: [("Transfer-Encoding", "chunked")])) else {
+            Issue.record("a body of unknown length is accepted until it passes the limit")
+            return
+        }
+        session.setWake {}
+        [UInt8](repeating: 7, count: 1001).withUnsafeBytes { session.offer($0, suspend: {}) }
+        let answer = respond(await session.finish())
+        let answerCode = await errorCode(answer)
+        #expect(answer.status == 413 && answerCode == "payload_too_large")
+        #expect(disk.bytes(0..<1001) == [UInt8](repeating: 0, count: 1001), "nothing written")
+        let within = await limited.beginUpload(request("PUT", "/exports/disk/data", headers: [("Content-Length", "1000")]))
+        guard case .accept = within else {
+            Issue.record("1000 bytes are within the limit")
+            return
+        }
+    }
+
     @Test("commands: extents, flush, trim, zero; what the export cannot do; bad parameters")
     func commands() async {
         #expect(await put("/exports/disk/data", [9], query: [("offset", "70000")]).status == 200)

@@ -36,6 +36,9 @@ struct RefusalBeforeBodyTests {
             // Content-Length above the range's length: only a declared length can say so.
             Refusal(readOnly: false, target: "/exports/\(rw)/data", headers: [("Content-Range", "bytes 0-99/*")],
                     status: 413, code: "payload_too_large", framings: [.contentLength]),
+            // Over the gateway's --max-body-size (the tests' gateways run with 512 KiB).
+            Refusal(readOnly: false, target: "/exports/\(rw)/data", headers: [("Content-Length", "600000")],
+                    status: 413, code: "payload_too_large", framings: [.contentLength]),
             Refusal(readOnly: true, target: "/exports/\(ro)/data?offset=0", headers: [],
                     status: 403, code: "read_only", framings: Framing.allCases),
         ]
@@ -92,7 +95,7 @@ struct RefusalBeforeBodyTests {
                 let cold = (0..<4).flatMap { ["--export", "cold-rw\($0)=\(rw.uri)", "--export", "cold-ro\($0)=\(ro.uri)"] }
                 let arguments = cold + ["--export", "rw=\(rw.uri)", "--export", "ro=\(ro.uri)",
                                         "--export", "broken-rw=\(doomedRW.uri)", "--export", "broken-ro=\(doomedRO.uri)"]
-                try await withGateway(arguments) { gateway in
+                try await withGateway(arguments + ["--max-body-size", "524288"]) { gateway in
                     // Never opened: each request goes to an export nobody has used yet.
                     try await expectAnsweredFromHeaders(gateway, state: "never opened") { ("cold-rw\($0)", "cold-ro\($0)") }
                     // Open: a GET has opened both pools.
@@ -121,7 +124,7 @@ struct RefusalBeforeBodyTests {
     func closedAsIdle() async throws {
         try await withServer({ try await Servers.nbdkit(Self.memory) }) { rw in
             try await withServer({ try await Servers.nbdkit(Self.memory, extraOptions: ["-r"]) }) { ro in
-                try await withGateway(["--export", "rw=\(rw.uri)", "--export", "ro=\(ro.uri)", "--idle-timeout", "1"]) { gateway in
+                try await withGateway(["--export", "rw=\(rw.uri)", "--export", "ro=\(ro.uri)", "--idle-timeout", "1", "--max-body-size", "524288"]) { gateway in
                     try await expectAnsweredFromHeaders(gateway, state: "closed as idle") { _ in
                         // Open both pools, then wait until the idle closer has closed them.
                         #expect(try await gateway.get("/exports/rw/data", headers: [("Range", "bytes=0-10")]).status == 206)

@@ -144,7 +144,7 @@ struct ServiceEndpointsTests {
     @Test("the CLI refuses bad options before listening")
     func badOptions() async throws {
         let binary = try Paths.gatewayBinary()
-        for arguments in [["--port", "70000"], ["--keep-alive-timeout", "0"], ["--read-retries", "-1"], ["--shutdown-grace", "-1"], ["--pool-size", "0"], ["--requests-per-connection", "0"], ["--request-timeout", "0"], ["--export", "noequals"],
+        for arguments in [["--port", "70000"], ["--keep-alive-timeout", "0"], ["--max-body-size", "-1"], ["--read-retries", "-1"], ["--shutdown-grace", "-1"], ["--pool-size", "0"], ["--requests-per-connection", "0"], ["--request-timeout", "0"], ["--export", "noequals"],
                           ["--export", "d=http://not-nbd"], ["--backend", "nbd+unix:///"], ["--host", "not-an-address", "--port", "0", "--export", "d=nbd+unix:///?socket=/nonexistent"]] {
             let result = try await runProcess(binary, arguments, timeout: .seconds(20), check: false)
             #expect(result.status != 0, "\(arguments)")

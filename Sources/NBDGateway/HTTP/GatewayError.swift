@@ -118,6 +118,8 @@ public struct GatewayError: Error, Sendable, Equatable {
             self = .payloadTooLarge("the body is longer than the \(declared) bytes declared", export: export)
         case .shorterThanDeclared(let received, let declared):
             self = .invalidRange("the body has \(received) of the \(declared) bytes declared", export: export)
+        case .overMaximum(let maximum):
+            self = .payloadTooLarge("the body is over the gateway's limit of \(maximum) bytes (--max-body-size)", export: export)
         case .passesEnd(let size):
             self = .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: export)
         case .nbd(let error):

@@ -148,6 +148,9 @@ extension GatewayRoutes {
             }
             declared = contentLength
         }
+        if let maximum = settings.maximumBodySize, let declared, declared > maximum {
+            throw .payloadTooLarge("a body of \(declared) bytes is over the gateway's limit of \(maximum) (--max-body-size)", export: name)
+        }
         let offset = contentRange?.first ?? offsetParameter ?? 0
         guard offset <= size, (declared ?? 0) <= size - offset else {
             throw .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: name)
@@ -157,7 +160,7 @@ extension GatewayRoutes {
         // connections, visible on all of them before we answer.
         let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
         let session = UploadSession(
-            offset: offset, declaredLength: declared, exportSize: size,
+            offset: offset, declaredLength: declared, exportSize: size, maximumLength: settings.maximumBodySize,
             chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, spawn: spawn,
             write: { chunkOffset, chunk in
                 try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }

@@ -251,10 +251,12 @@ public struct GatewayRouteSettings: Sendable {
     public var writeChunkSize: Int
     /// Attempts after a read fails with a transient error (EIO, a lost connection, a timeout).
     public var readRetries: Int
+    /// Largest PUT body accepted (413 above it, before the body when its length is declared).
+    public var maximumBodySize: UInt64?
 
     public init(
         readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
-        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20, readRetries: Int = 3
+        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20, readRetries: Int = 3, maximumBodySize: UInt64? = nil
     ) {
         self.readOnly = readOnly
         self.openAPIDocument = openAPIDocument
@@ -262,5 +264,6 @@ public struct GatewayRouteSettings: Sendable {
         self.readChunkSize = readChunkSize
         self.writeChunkSize = writeChunkSize
         self.readRetries = readRetries
+        self.maximumBodySize = maximumBodySize
     }
 }

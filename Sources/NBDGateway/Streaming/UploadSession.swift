@@ -30,6 +30,8 @@ public final class UploadSession: Sendable {
     public let declaredLength: UInt64?
     /// Bytes the export has room for from `offset`.
     public let limit: UInt64
+    /// Most bytes a body may have (the gateway's `--max-body-size`), if limited.
+    public let maximumLength: UInt64?
     private let exportSize: UInt64
     private let chunkSize: Int
     private let highWater: Int
@@ -39,7 +41,7 @@ public final class UploadSession: Sendable {
     private let state: Mutex<State>
 
     public init(
-        offset: UInt64, declaredLength: UInt64?, exportSize: UInt64,
+        offset: UInt64, declaredLength: UInt64?, exportSize: UInt64, maximumLength: UInt64? = nil,
         chunkSize: Int = 1 << 20, highWater: Int = 8 << 20,
         spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void,
         write: @escaping @Sendable (UInt64, ByteBuffer) async throws -> Void,
@@ -48,6 +50,7 @@ public final class UploadSession: Sendable {
         self.offset = offset
         self.declaredLength = declaredLength
         self.limit = exportSize - min(offset, exportSize)
+        self.maximumLength = maximumLength
         self.exportSize = exportSize
         self.chunkSize = chunkSize
         self.highWater = highWater
@@ -70,6 +73,10 @@ public final class UploadSession: Sendable {
             let newTotal = state.received + UInt64(bytes.count)
             if let declaredLength, newTotal > declaredLength {
                 state.error = .longerThanDeclared(declared: declaredLength)
+                return []
+            }
+            if let maximumLength, newTotal > maximumLength {
+                state.error = .overMaximum(maximumLength)
                 return []
             }
             if newTotal > limit {
@@ -188,6 +195,8 @@ public enum UploadFailure: Error, Sendable, Equatable {
     case shorterThanDeclared(received: UInt64, declared: UInt64)
     /// The body went on past the end of the export.
     case passesEnd(exportSize: UInt64)
+    /// The body went on past the gateway's largest body.
+    case overMaximum(UInt64)
     /// A write or the final flush failed.
     case nbd(NBDError)
 
@@ -201,6 +210,7 @@ public enum UploadFailure: Error, Sendable, Equatable {
         case (.longerThanDeclared(let a), .longerThanDeclared(let b)): a == b
         case (.shorterThanDeclared(let a, let b), .shorterThanDeclared(let c, let d)): a == c && b == d
         case (.passesEnd(let a), .passesEnd(let b)): a == b
+        case (.overMaximum(let a), .overMaximum(let b)): a == b
         case (.nbd(let a), .nbd(let b)): a.code == b.code && a.errno == b.errno && a.optionError == b.optionError
         default: false
         }
