@@ -151,25 +151,28 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
     func withClient<T: Sendable>(
         _ pool: Catalog.Export, _ info: NBDExportInfo, writing: Bool = false, _ body: (Catalog.Export.Device) async throws -> T
     ) async throws(GatewayError) -> T {
-        do {
-            return try await pool.withClient(body)
-        } catch let error as NBDError {
-            throw GatewayError(error, export: pool.name, exportSize: info.size, writing: writing)
-        } catch let error as GatewayError {
-            throw error
-        } catch {
-            throw .internalError("\(error)")
-        }
+        try await answeringNBDErrors(pool, info, writing: writing) { try await pool.withClient(body) }
     }
 
     /// `withClient` for a read, retried after transient failures (see `ReadRetry`).
     func withReadRetries<T: Sendable>(
         _ pool: Catalog.Export, _ info: NBDExportInfo, _ body: (Catalog.Export.Device) async throws -> T
     ) async throws(GatewayError) -> T {
+        try await answeringNBDErrors(pool, info) {
+            try await ReadRetry(attempts: settings.readRetries).run(progress: { 0 }) { try await pool.withClient(body) }
+        }
+    }
+
+    /// Runs `work`, turning the NBD errors it throws into HTTP ones (`NBDErrorTable`).
+    private func answeringNBDErrors<T>(
+        _ pool: Catalog.Export, _ info: NBDExportInfo, writing: Bool = false, _ work: () async throws -> T
+    ) async throws(GatewayError) -> T {
         do {
-            return try await ReadRetry(attempts: settings.readRetries).run(progress: { 0 }) { try await pool.withClient(body) }
+            return try await work()
         } catch let error as NBDError {
-            throw GatewayError(error, export: pool.name, exportSize: info.size)
+            throw GatewayError(error, export: pool.name, exportSize: info.size, writing: writing)
+        } catch let error as GatewayError {
+            throw error
         } catch {
             throw .internalError("\(error)")
         }
