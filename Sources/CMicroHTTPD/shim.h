@@ -71,4 +71,28 @@ static inline struct MHD_OptionItem shim_option_end(void)
     return item;
 }
 
+/* The connection's peer address (MHD_get_connection_info is variadic). */
+static inline const struct sockaddr *shim_MHD_client_address(struct MHD_Connection *connection)
+{
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    return info == NULL ? NULL : info->client_addr;
+}
+
+/* MHD_start_daemon with an accept policy callback (checked for every accepted connection). */
+static inline struct MHD_Daemon *shim_MHD_start_daemon_policy(
+    unsigned int flags, uint16_t port,
+    MHD_AcceptPolicyCallback policy, void *policy_cls,
+    MHD_AccessHandlerCallback handler, void *handler_cls,
+    struct MHD_OptionItem *options)
+{
+    return MHD_start_daemon(flags, port, policy, policy_cls, handler, handler_cls,
+                            MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+}
+
+static inline struct MHD_OptionItem shim_option_notify_connection(MHD_NotifyConnectionCallback callback, void *cls)
+{
+    struct MHD_OptionItem item = { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t) callback, cls };
+    return item;
+}
+
 #endif

@@ -16,8 +16,13 @@ struct GatewayCommand: AsyncParsableCommand {
         Every option can also be set with an environment variable: NBD_GATEWAY_HOST, NBD_GATEWAY_PORT,
         NBD_GATEWAY_BACKEND and NBD_GATEWAY_EXPORT (several separated by spaces), NBD_GATEWAY_READ_ONLY=1,
         NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUESTS_PER_CONNECTION, NBD_GATEWAY_REQUEST_TIMEOUT,
-        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_MAX_BODY_SIZE, NBD_GATEWAY_LOG_LEVEL.
+        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_MAX_BODY_SIZE, NBD_GATEWAY_LOG_LEVEL,
+        NBD_GATEWAY_AUTH_FILE, NBD_GATEWAY_HTTPS_CERT, NBD_GATEWAY_HTTPS_KEY, NBD_GATEWAY_MAX_IN_FLIGHT, NBD_GATEWAY_MAX_CONNECTIONS,
+        NBD_GATEWAY_MAX_CONNECTIONS_PER_CLIENT, NBD_GATEWAY_ACCESS_LOG, NBD_GATEWAY_TRUSTED_PROXY (several separated by spaces),
+        NBD_GATEWAY_BASE_PATH, NBD_GATEWAY_UNIX_SOCKET, NBD_GATEWAY_NBD_TLS_CA, NBD_GATEWAY_NBD_TLS_CERT, NBD_GATEWAY_NBD_TLS_KEY.
         Flags win over the environment. With no backend at all, an nbdkit memory disk is started.
+        With LISTEN_FDS (systemd socket activation) the gateway serves the sockets it is given instead of --host/--port.
+        SIGHUP reloads the auth file and the HTTPS certificate and key, and reopens the access log.
         """
     )
 
@@ -35,6 +40,19 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds requests in progress get to finish after SIGTERM/SIGINT (then 503 or a cut body).") var shutdownGrace: Double?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String?
+    @Option(name: .customLong("auth-file"), help: "Tokens, one a line: TOKEN ACCESS EXPORTS (ro|rw, names or *); every /exports route then needs one.") var authFile: String?
+    @Option(name: .customLong("https-cert"), help: "PEM certificate chain: serve HTTPS (with --https-key).") var httpsCert: String?
+    @Option(name: .customLong("https-key"), help: "PEM private key of --https-cert.") var httpsKey: String?
+    @Option(name: .customLong("max-in-flight"), help: "Most requests waiting for NBD work at once (503 with Retry-After past it).") var maxInFlight: Int?
+    @Option(name: .customLong("max-connections"), help: "Most HTTP connections open at once (more are closed as they are accepted).") var maxConnections: Int?
+    @Option(name: .customLong("max-connections-per-client"), help: "Most HTTP connections from one client address (behind a proxy, that is the proxy).") var maxConnectionsPerClient: Int?
+    @Option(name: .customLong("access-log"), help: "File for one JSON line per request, or - for standard output.") var accessLog: String?
+    @Option(name: .customLong("trusted-proxy"), help: "CIDR of a reverse proxy whose X-Forwarded-* headers are believed (repeatable).") var trustedProxies: [String] = []
+    @Option(name: .customLong("base-path"), help: "Path prefix every route lives under (e.g. /nbd).") var basePath: String?
+    @Option(name: .customLong("unix-socket"), help: "Also serve plain HTTP on this Unix socket.") var unixSocket: String?
+    @Option(name: .customLong("nbd-tls-ca"), help: "PEM CA certificates trusted for nbds:// backends.") var nbdTLSCA: String?
+    @Option(name: .customLong("nbd-tls-cert"), help: "PEM client certificate for nbds:// backends.") var nbdTLSCert: String?
+    @Option(name: .customLong("nbd-tls-key"), help: "PEM key of --nbd-tls-cert.") var nbdTLSKey: String?
 
     func validate() throws {
         let settings = try resolved()
@@ -53,6 +71,21 @@ struct GatewayCommand: AsyncParsableCommand {
         for backend in settings.backends {
             do { _ = try NBDURI(parsing: backend) } catch { throw ValidationError("\(error)") }
         }
+        if let value = settings.maxInFlight, value < 1 { throw ValidationError("--max-in-flight must be at least 1") }
+        if let value = settings.maxConnections, value < 1 { throw ValidationError("--max-connections must be at least 1") }
+        if let value = settings.maxConnectionsPerClient, value < 1 { throw ValidationError("--max-connections-per-client must be at least 1") }
+        if (settings.httpsCert == nil) != (settings.httpsKey == nil) { throw ValidationError("--https-cert and --https-key go together") }
+        if (settings.nbdTLSCert == nil) != (settings.nbdTLSKey == nil) { throw ValidationError("--nbd-tls-cert and --nbd-tls-key go together") }
+        for proxy in settings.trustedProxies where TrustedProxies.Network(proxy) == nil {
+            throw ValidationError("--trusted-proxy takes an address or ADDRESS/BITS, not \"\(proxy)\"")
+        }
+        let base = settings.basePath
+        if !base.isEmpty && (!base.hasPrefix("/") || base.hasSuffix("/") || base.contains("?") || base.contains("#") || base.contains("//")) {
+            throw ValidationError("--base-path must start with / and not end with one, like /nbd")
+        }
+        // Files are read now, so a bad one stops the start with its reason.
+        if let path = settings.authFile { _ = try Reloadable.accessFile(path) }
+        if let cert = settings.httpsCert, let key = settings.httpsKey { _ = try Reloadable.credentials(certificate: cert, key: key) }
     }
 
     func run() async throws {
@@ -80,11 +113,28 @@ struct GatewayCommand: AsyncParsableCommand {
 
         var client = NBDClientConfiguration()
         client.requestTimeout = .seconds(Int64(settings.requestTimeout))
+        if settings.nbdTLSCA != nil || settings.nbdTLSCert != nil {
+            // Used for nbds:// backends only; nbd:// ones stay plain.
+            client.tls = NBDTLSConfiguration(caCertificateFile: settings.nbdTLSCA, clientCertificateFile: settings.nbdTLSCert, clientKeyFile: settings.nbdTLSKey)
+        }
+        var http = HTTPServerConfiguration(
+            host: settings.host, port: settings.port, connectionTimeout: settings.keepAliveTimeout,
+            shutdownGrace: .milliseconds(Int64(settings.shutdownGrace * 1000))
+        )
+        http.basePath = settings.basePath
+        http.unixSocketPath = settings.unixSocket
+        http.inheritedSockets = SocketActivation.sockets()
+        http.maximumConnections = settings.maxConnections
+        http.maximumConnectionsPerClient = settings.maxConnectionsPerClient
+        http.trustedProxies = TrustedProxies(settings.trustedProxies.compactMap(TrustedProxies.Network.init))
+        if let cert = settings.httpsCert, let key = settings.httpsKey { http.https = try Reloadable.credentials(certificate: cert, key: key) }
+        let accessLog = try settings.accessLog.map { path in
+            do { return try AccessLog(path: path) } catch { throw ValidationError("\(error)") }
+        }
+        http.accessLog = accessLog
+        let access = try settings.authFile.map { AccessControl(try Reloadable.accessFile($0)) }
         let configuration = GatewayConfiguration(
-            http: HTTPServerConfiguration(
-                host: settings.host, port: settings.port, connectionTimeout: settings.keepAliveTimeout,
-                shutdownGrace: .milliseconds(Int64(settings.shutdownGrace * 1000))
-            ),
+            http: http,
             exports: exportURIs,
             backends: backendURIs,
             pool: PoolSettings(maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client, idleTimeout: .seconds(settings.idleTimeout)),
@@ -93,14 +143,26 @@ struct GatewayCommand: AsyncParsableCommand {
                 openAPIDocument: try OpenAPIDocument.load(),
                 metricsText: { registry.emitToString() },
                 readRetries: settings.readRetries,
-                maximumBodySize: settings.maxBodySize
+                maximumBodySize: settings.maxBodySize,
+                access: access,
+                maximumInFlight: settings.maxInFlight,
+                basePath: settings.basePath
             )
         )
         let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
         let isEmbedded = embedded != nil
+        let scheme = http.https == nil ? "http" : "https"
+        let inherited = http.inheritedSockets.count
+        let unixSocket = settings.unixSocket
+        let basePath = settings.basePath
         let service = GatewayService(configuration: configuration, logger: logger) { port in
-            let base = "http://\(host):\(port)"
-            print("listening on \(base)")
+            let base = "\(scheme)://\(host):\(port)\(basePath)"
+            if inherited > 0 {
+                print("listening on \(inherited) socket\(inherited == 1 ? "" : "s") from systemd (LISTEN_FDS)")
+            } else {
+                print("listening on \(base)")
+            }
+            if let unixSocket { print("listening on unix:\(unixSocket)") }
             if isEmbedded {
                 let export = EmbeddedDisk.exportName
                 print("serving an embedded 1 GiB nbdkit memory disk as export \"\(export)\"; try:")
@@ -111,7 +173,8 @@ struct GatewayCommand: AsyncParsableCommand {
             }
             StandardOutput.flush()
         }
-        let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let reloader = Reloader(settings: settings, access: access, accessLog: accessLog, service: service, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [service, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
         } catch {
@@ -137,6 +200,19 @@ struct GatewayCommand: AsyncParsableCommand {
         var keepAliveTimeout: Int
         var maxBodySize: UInt64?
         var logLevel: String
+        var authFile: String?
+        var httpsCert: String?
+        var httpsKey: String?
+        var maxInFlight: Int?
+        var maxConnections: Int?
+        var maxConnectionsPerClient: Int?
+        var accessLog: String?
+        var trustedProxies: [String]
+        var basePath: String
+        var unixSocket: String?
+        var nbdTLSCA: String?
+        var nbdTLSCert: String?
+        var nbdTLSKey: String?
     }
 
     func resolved() throws -> Settings {
@@ -169,7 +245,20 @@ struct GatewayCommand: AsyncParsableCommand {
                 guard value >= 0 else { throw ValidationError("NBD_GATEWAY_MAX_BODY_SIZE must not be negative") }
                 return UInt64(value)
             },
-            logLevel: logLevel ?? env("LOG_LEVEL") ?? "info"
+            logLevel: logLevel ?? env("LOG_LEVEL") ?? "info",
+            authFile: authFile ?? env("AUTH_FILE"),
+            httpsCert: httpsCert ?? env("HTTPS_CERT"),
+            httpsKey: httpsKey ?? env("HTTPS_KEY"),
+            maxInFlight: try maxInFlight ?? envInt("MAX_IN_FLIGHT"),
+            maxConnections: try maxConnections ?? envInt("MAX_CONNECTIONS"),
+            maxConnectionsPerClient: try maxConnectionsPerClient ?? envInt("MAX_CONNECTIONS_PER_CLIENT"),
+            accessLog: accessLog ?? env("ACCESS_LOG"),
+            trustedProxies: trustedProxies.isEmpty ? (env("TRUSTED_PROXY")?.split(separator: " ").map(String.init) ?? []) : trustedProxies,
+            basePath: basePath ?? env("BASE_PATH") ?? "",
+            unixSocket: unixSocket ?? env("UNIX_SOCKET"),
+            nbdTLSCA: nbdTLSCA ?? env("NBD_TLS_CA"),
+            nbdTLSCert: nbdTLSCert ?? env("NBD_TLS_CERT"),
+            nbdTLSKey: nbdTLSKey ?? env("NBD_TLS_KEY")
         )
     }
 }

@@ -17,6 +17,9 @@ public struct GatewayError: Error, Sendable, Equatable {
         public static let methodNotAllowed: Code = "method_not_allowed"
         public static let readOnly: Code = "read_only"
         public static let forbidden: Code = "forbidden"
+        public static let unauthorized: Code = "unauthorized"
+        public static let accessDenied: Code = "access_denied"
+        public static let overloaded: Code = "overloaded"
         public static let listingRefused: Code = "listing_refused"
         public static let payloadTooLarge: Code = "payload_too_large"
         public static let rangeNotSatisfiable: Code = "range_not_satisfiable"
@@ -88,6 +91,14 @@ public struct GatewayError: Error, Sendable, Equatable {
     }
     public static func internalError(_ message: String) -> GatewayError {
         GatewayError(.internalServerError, .internalError, message)
+    }
+    public static func unauthorized(_ message: String) -> GatewayError {
+        GatewayError(.unauthorized, .unauthorized, message, headers: [
+            ("WWW-Authenticate", "Bearer realm=\"\(AccessControl.realm)\""), ("WWW-Authenticate", "Basic realm=\"\(AccessControl.realm)\""),
+        ])
+    }
+    public static func accessDenied(_ message: String, export: String? = nil) -> GatewayError {
+        GatewayError(.forbidden, .accessDenied, message, export: export)
     }
     public static func unavailable(_ message: String, code: Code = .serviceUnavailable) -> GatewayError {
         GatewayError(.serviceUnavailable, code, message, headers: [("Retry-After", "1")])

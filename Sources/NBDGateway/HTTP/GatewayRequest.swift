@@ -9,6 +9,10 @@ public struct GatewayRequest: Sendable {
     public var headers: [(name: String, value: String)]
     /// The id every response and log line carries.
     public var requestID: String
+    /// Arrived over HTTPS.
+    public var isSecure = false
+    /// Came from a `--trusted-proxy`, whose `X-Forwarded-*` headers are believed.
+    public var isFromTrustedProxy = false
 
     public init(method: String, rawPath: String, query: [(name: String, value: String)] = [], headers: [(name: String, value: String)] = [], requestID: String = "test") {
         self.method = method

@@ -9,6 +9,7 @@ public struct HTTPStatus: Hashable, Sendable, ExpressibleByIntegerLiteral, Custo
     public var description: String { String(code) }
 
     public static let badRequest: HTTPStatus = 400
+    public static let unauthorized: HTTPStatus = 401
     public static let forbidden: HTTPStatus = 403
     public static let notFound: HTTPStatus = 404
     public static let methodNotAllowed: HTTPStatus = 405

@@ -10,6 +10,8 @@ final class GatewayMetrics: Sendable {
     }
 
     private let handles = Mutex(Handles())
+    /// Requests refused by `--max-in-flight`.
+    let overloaded = Counter(label: "nbd_gateway_overloaded_total")
 
     func requests(method: String, status: Int) -> Counter {
         let key = "\(method) \(status)"

@@ -1,13 +1,14 @@
 import NBDClient
 
 extension GatewayRoutes {
-    func listExports(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
-        let exports: [NBDExportListing]
+    func listExports(_ request: GatewayRequest, visibleTo grant: AccessGrant?) async throws(GatewayError) -> GatewayResponse {
+        var exports: [NBDExportListing]
         do {
             exports = try await catalog.list()
         } catch {
             throw GatewayError(error, export: nil)
         }
+        if let grant { exports.removeAll { !grant.exports.contains($0.name) } }
         let body = JSON.Value.object([
             ("exports", .array(exports.map { .object([("name", .string($0.name)), ("description", .string($0.description))]) })),
         ])

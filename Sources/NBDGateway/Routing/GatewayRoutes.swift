@@ -32,6 +32,8 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
     let metrics = GatewayMetrics()
     /// Failures, logged once per cause and window with a count.
     let failures: FailureLog
+    /// Requests admitted to NBD work now (`--max-in-flight`).
+    let inFlight = InFlightLimit()
 
     public init(catalog: Catalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
         self.catalog = catalog
@@ -79,13 +81,17 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
 
     private func uploadDecision(_ request: GatewayRequest) async throws(GatewayError) -> UploadDecision {
         guard let route = Route.parse(request.rawPath) else { throw .notFound(request.rawPath) }
+        try authorize(request, route)
         guard case .data = route else { throw .methodNotAllowed(request.method, allow: route.allowed) }
+        let admitted = try admit(route)
+        defer { if admitted { inFlight.release() } }
         return try await beginPut(request, route: route)
     }
 
     public func decideUploadImmediately(_ request: GatewayRequest) -> UploadDecision? {
         do {
             guard let route = Route.parse(request.rawPath) else { throw GatewayError.notFound(request.rawPath) }
+            try authorize(request, route)
             guard case .data = route else { throw GatewayError.methodNotAllowed(request.method, allow: route.allowed) }
             let name = try route.exportName() ?? ""
             let syntax = try putSyntax(request)
@@ -100,17 +106,19 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
 
     private func route(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
         guard let route = Route.parse(request.rawPath) else { throw .notFound(request.rawPath) }
+        let grant = try authorize(request, route)
         let method = request.method == "HEAD" && route.allowed.contains("GET") ? "HEAD" : request.method
         guard route.allowed.contains(method) else { throw .methodNotAllowed(request.method, allow: route.allowed) }
+        let admitted = try admit(route)
+        defer { if admitted { inFlight.release() } }
         switch route {
-        case .exports: return try await listExports(request)
+        case .exports: return try await listExports(request, visibleTo: grant)
         case .health: return .json(200, #"{"status":"ok"}"#)
         case .ready: return try await readiness(request)
         case .metrics:
             return GatewayResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                                    body: .bytes(ByteBuffer(string: await settings.metricsText())))
-        case .openAPI:
-            return GatewayResponse(status: 200, headers: [("Content-Type", "application/yaml")], body: .bytes(ByteBuffer(string: settings.openAPIDocument)))
+        case .openAPI: return servedContract(request)
         case .export: return try await metadata(request, route: route)
         case .data:
             switch method {
@@ -256,11 +264,21 @@ public struct GatewayRouteSettings: Sendable {
     public var readRetries: Int
     /// Largest PUT body accepted (413 above it, before the body when its length is declared).
     public var maximumBodySize: UInt64?
+    /// The tokens of `--auth-file`; nil serves everyone.
+    public var access: AccessControl?
+    /// Most requests waiting for NBD work at once (503 past it); nil is unbounded.
+    public var maximumInFlight: Int?
+    /// `--base-path` ("" or "/prefix"): named in the served contract's `servers`.
+    public var basePath: String
 
     public init(
         readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
-        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20, readRetries: Int = 3, maximumBodySize: UInt64? = nil
+        readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20, readRetries: Int = 3, maximumBodySize: UInt64? = nil,
+        access: AccessControl? = nil, maximumInFlight: Int? = nil, basePath: String = ""
     ) {
+        self.basePath = basePath
+        self.access = access
+        self.maximumInFlight = maximumInFlight
         self.readOnly = readOnly
         self.openAPIDocument = openAPIDocument
         self.metricsText = metricsText

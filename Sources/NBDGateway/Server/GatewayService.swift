@@ -3,6 +3,7 @@ import NBDClient
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// Everything the gateway is configured with.
 public struct GatewayConfiguration: Sendable {
@@ -32,6 +33,8 @@ public final class GatewayService: Service {
     private let configuration: GatewayConfiguration
     private let logger: Logger
     private let onListening: @Sendable (Int) -> Void
+    /// The HTTP server while it runs (for credentials reloads).
+    private let server = Mutex<MicroHTTPDServer?>(nil)
 
     public init(configuration: GatewayConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) -> Void) {
         self.configuration = configuration
@@ -51,11 +54,18 @@ public final class GatewayService: Service {
         }
     }
 
+    /// New HTTPS connections get these credentials; those open keep theirs.
+    public func reloadCredentials(_ credentials: HTTPSCredentials) throws {
+        try server.withLock { $0 }?.reloadCredentials(credentials)
+    }
+
     private func serve(_ poolSettings: PoolSettings, jobs: JobRunner) async throws {
         let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void = { jobs.spawn($0) }
         let catalog = ExportCatalog(exports: configuration.exports, backends: configuration.backends, settings: poolSettings, logger: logger)
         let routes = GatewayRoutes(catalog: catalog, settings: configuration.routes, spawn: spawn, logger: logger)
         let server = MicroHTTPDServer(configuration: configuration.http, handler: routes, spawn: spawn, logger: logger)
+        self.server.withLock { $0 = server }
+        defer { self.server.withLock { $0 = nil } }
         let idleTimeout = poolSettings.idleTimeout
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {

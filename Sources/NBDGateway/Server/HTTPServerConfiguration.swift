@@ -15,6 +15,21 @@ public struct HTTPServerConfiguration: Sendable {
     /// How long requests in progress may take to finish once shutdown begins; after it, those
     /// still waiting on NBD are answered 503 (or their bodies cut) and the server stops.
     public var shutdownGrace: Duration
+    /// `--base-path`: every route lives under it ("" or "/prefix", no trailing slash).
+    public var basePath: String = ""
+    /// Also serve on this Unix socket.
+    public var unixSocketPath: String?
+    /// Listening sockets handed over by systemd (`LISTEN_FDS`): served instead of host and port.
+    public var inheritedSockets: [Int32] = []
+    /// PEM certificate chain and key: serve HTTPS instead of HTTP on every TCP listener.
+    public var https: HTTPSCredentials?
+    /// Most connections open at once, and from one client address.
+    public var maximumConnections: Int?
+    public var maximumConnectionsPerClient: Int?
+    /// Where each finished request is recorded (`--access-log`).
+    public var accessLog: AccessLog?
+    /// Whose `X-Forwarded-*` headers are believed.
+    public var trustedProxies = TrustedProxies()
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, threads: Int = 2, connectionMemoryLimit: Int = 64 << 10,
@@ -27,5 +42,16 @@ public struct HTTPServerConfiguration: Sendable {
         self.connectionTimeout = connectionTimeout
         self.maximumHeaderBytes = maximumHeaderBytes
         self.shutdownGrace = shutdownGrace
+    }
+}
+
+/// A certificate chain and its private key, in PEM.
+public struct HTTPSCredentials: Sendable {
+    public var certificatePEM: String
+    public var keyPEM: String
+
+    public init(certificatePEM: String, keyPEM: String) {
+        self.certificatePEM = certificatePEM
+        self.keyPEM = keyPEM
     }
 }

@@ -4,6 +4,9 @@
 // a request whose answer needs async work suspends its connection (MHD_suspend_connection),
 // the work runs as a job, and the job resumes the connection (MHD_resume_connection).
 private import CMicroHTTPD
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -11,14 +14,25 @@ import Synchronization
 
 /// libmicrohttpd serving a `GatewayHTTPHandler`, with an explicit lifecycle.
 public final class MicroHTTPDServer: Sendable {
+    /// One libmicrohttpd daemon: a listening socket and the threads serving it.
+    private struct Daemon: Sendable {
+        /// The `MHD_Daemon *` as an address (the daemon is thread-safe).
+        var address: Int
+        /// Serves TLS (its credentials are replaced on reload).
+        var isHTTPS: Bool
+        /// Quiesced by a credentials reload: serves the connections it has, accepts no more.
+        var isRetired = false
+    }
+
     private enum Lifecycle: Sendable {
         /// Created; no daemon yet.
         case idle
-        /// Serving; the `MHD_Daemon *` as an address (the daemon is thread-safe).
-        case running(daemon: Int)
-        /// New requests are refused; those in progress finish, then the daemon stops.
-        case draining(daemon: Int)
-        /// The daemon has stopped (or never started).
+        /// Serving: one daemon per listener (TCP, Unix socket, inherited sockets), plus those
+        /// retired by a credentials reload.
+        case running([Daemon])
+        /// New requests are refused; those in progress finish, then the daemons stop.
+        case draining([Daemon])
+        /// The daemons have stopped (or never started).
         case stopped
     }
 
@@ -34,46 +48,124 @@ public final class MicroHTTPDServer: Sendable {
         core = ServerCore(configuration: configuration, handler: handler, spawn: spawn, logger: logger, control: connectionControl)
     }
 
-    /// Binds and starts the daemon; returns the port bound.
+    /// Binds and starts a daemon per listener; returns the TCP port bound (0 when serving only
+    /// a Unix socket or inherited sockets).
     public func start() throws -> Int {
         let configuration = core.configuration
-        let host = configuration.host == "localhost" ? "127.0.0.1" : configuration.host.trimmingBrackets
-        let address: SocketAddress
+        var daemons: [Daemon] = []
+        var port = 0
         do {
-            address = try SocketAddress(ipAddress: host, port: configuration.port)
-        } catch {
-            throw GatewayStartError("cannot bind to host \"\(configuration.host)\": use an IPv4 or IPv6 address, or localhost")
-        }
-        var flags = MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue
-        if case .v6 = address { flags |= MHD_USE_IPv6.rawValue }
-        let cls = Unmanaged.passUnretained(core).toOpaque()
-        let daemon: OpaquePointer? = address.withSockAddr { sockaddr, _ in
-            var options: [MHD_OptionItem] = [
-                shim_option_pointer(.SOCK_ADDR, 0, UnsafeMutableRawPointer(mutating: sockaddr)),
-                shim_option_value(.CONNECTION_MEMORY_LIMIT, configuration.connectionMemoryLimit),
-                shim_option_value(.CONNECTION_TIMEOUT, configuration.connectionTimeout),
-                shim_option_completed(requestCompleted, cls),
-                shim_option_keep_escapes(),
-            ]
-            if configuration.threads > 1 { options.append(shim_option_value(.THREAD_POOL_SIZE, configuration.threads)) }
-            options.append(shim_option_end())
-            return options.withUnsafeMutableBufferPointer { items in
-                shim_MHD_start_daemon(flags, UInt16(configuration.port), accessHandler, cls, items.baseAddress)
+            if configuration.inheritedSockets.isEmpty {
+                let host = configuration.host == "localhost" ? "127.0.0.1" : configuration.host.trimmingBrackets
+                let address: SocketAddress
+                do {
+                    address = try SocketAddress(ipAddress: host, port: configuration.port)
+                } catch {
+                    throw GatewayStartError("cannot bind to host \"\(configuration.host)\": use an IPv4 or IPv6 address, or localhost")
+                }
+                let daemon = try startDaemon(.address(address), https: configuration.https)
+                daemons.append(daemon)
+                port = Int(shim_MHD_bound_port(OpaquePointer(bitPattern: daemon.address)))
             }
-        }
-        guard let daemon else {
-            throw GatewayStartError("cannot listen on \(configuration.host):\(configuration.port) (in use, or not an address of this machine)")
+            for socket in configuration.inheritedSockets {
+                daemons.append(try startDaemon(.socket(socket), https: configuration.https))
+            }
+            if let path = configuration.unixSocketPath {
+                // Plain HTTP: whoever may open the socket file is on this machine already.
+                daemons.append(try startDaemon(.socket(try UnixListener.bind(path)), https: nil))
+            }
+        } catch {
+            for daemon in daemons { MHD_stop_daemon(OpaquePointer(bitPattern: daemon.address)) }
+            throw error
         }
         let started = lifecycle.withLock { state -> Bool in
             guard case .idle = state else { return false }
-            state = .running(daemon: Int(bitPattern: UnsafeMutableRawPointer(daemon)))
+            state = .running(daemons)
             return true
         }
         guard started else {
-            MHD_stop_daemon(daemon)
+            for daemon in daemons { MHD_stop_daemon(OpaquePointer(bitPattern: daemon.address)) }
             throw GatewayStartError("the server was started twice, or after it stopped")
         }
-        return Int(shim_MHD_bound_port(daemon))
+        return port
+    }
+
+    private enum Listener {
+        case address(SocketAddress)
+        /// A listening socket made elsewhere (a Unix socket, or one systemd passed).
+        case socket(Int32)
+    }
+
+    private func startDaemon(_ listener: Listener, https: HTTPSCredentials?) throws -> Daemon {
+        let configuration = core.configuration
+        // MHD_USE_ITC lets a daemon be quiesced (a credentials reload hands its socket over).
+        var flags = MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue | MHD_USE_ITC.rawValue
+        if https != nil { flags |= MHD_USE_TLS.rawValue }
+        let cls = Unmanaged.passUnretained(core).toOpaque()
+        let certificate = https.map { Array($0.certificatePEM.utf8CString) } ?? []
+        let key = https.map { Array($0.keyPEM.utf8CString) } ?? []
+        func start(_ listenOption: MHD_OptionItem?, port: UInt16) -> OpaquePointer? {
+            certificate.withUnsafeBufferPointer { certificate in
+                key.withUnsafeBufferPointer { key in
+                    var options: [MHD_OptionItem] = [
+                        shim_option_value(.CONNECTION_MEMORY_LIMIT, configuration.connectionMemoryLimit),
+                        shim_option_value(.CONNECTION_TIMEOUT, configuration.connectionTimeout),
+                        shim_option_completed(requestCompleted, cls),
+                        shim_option_notify_connection(connectionNotified, cls),
+                        shim_option_keep_escapes(),
+                    ]
+                    if let listenOption { options.append(listenOption) }
+                    if https != nil {
+                        options.append(shim_option_pointer(.HTTPS_MEM_CERT, 0, UnsafeMutableRawPointer(mutating: certificate.baseAddress)))
+                        options.append(shim_option_pointer(.HTTPS_MEM_KEY, 0, UnsafeMutableRawPointer(mutating: key.baseAddress)))
+                    }
+                    if configuration.threads > 1 { options.append(shim_option_value(.THREAD_POOL_SIZE, configuration.threads)) }
+                    options.append(shim_option_end())
+                    return options.withUnsafeMutableBufferPointer { items in
+                        shim_MHD_start_daemon_policy(flags, port, acceptPolicy, cls, accessHandler, cls, items.baseAddress)
+                    }
+                }
+            }
+        }
+        let daemon: OpaquePointer?
+        switch listener {
+        case .address(let address):
+            if case .v6 = address { flags |= MHD_USE_IPv6.rawValue }
+            daemon = address.withSockAddr { sockaddr, _ in
+                start(shim_option_pointer(.SOCK_ADDR, 0, UnsafeMutableRawPointer(mutating: sockaddr)), port: UInt16(configuration.port))
+            }
+            guard let daemon else {
+                if https != nil { throw GatewayStartError("cannot serve HTTPS on \(configuration.host):\(configuration.port): the port is in use, or the certificate and key do not match") }
+                throw GatewayStartError("cannot listen on \(configuration.host):\(configuration.port) (in use, or not an address of this machine)")
+            }
+            return Daemon(address: Int(bitPattern: UnsafeMutableRawPointer(daemon)), isHTTPS: https != nil)
+        case .socket(let socket):
+            daemon = start(shim_option_value(.LISTEN_SOCKET, Int(socket)), port: 0)
+            guard let daemon else { throw GatewayStartError("cannot serve on the listening socket \(socket)") }
+            return Daemon(address: Int(bitPattern: UnsafeMutableRawPointer(daemon)), isHTTPS: https != nil)
+        }
+    }
+
+    /// Serves new HTTPS connections with these credentials (SIGHUP): each HTTPS daemon hands
+    /// its listening socket to a new daemon and keeps serving the connections it has.
+    /// Credentials libmicrohttpd cannot use leave the old ones in force (the error says why).
+    public func reloadCredentials(_ fresh: HTTPSCredentials) throws {
+        try lifecycle.withLock { state in
+            guard case .running(var daemons) = state else { return }
+            for index in daemons.indices where daemons[index].isHTTPS && !daemons[index].isRetired {
+                guard let old = OpaquePointer(bitPattern: daemons[index].address) else { continue }
+                // Try the new credentials on a daemon of its own first: one that does not start
+                // must not cost the listening socket.
+                let probe = try? startDaemon(.address(try SocketAddress(ipAddress: "127.0.0.1", port: 0)), https: fresh)
+                guard let probe else { throw GatewayStartError("the new certificate and key were not accepted; the old ones stay in force") }
+                MHD_stop_daemon(OpaquePointer(bitPattern: probe.address))
+                let socket = MHD_quiesce_daemon(old)
+                guard socket >= 0 else { continue }
+                daemons[index].isRetired = true
+                daemons.append(try startDaemon(.socket(socket), https: fresh))
+            }
+            state = .running(daemons)
+        }
     }
 
     /// Serves until graceful shutdown (or cancellation), then drains and stops.
@@ -89,12 +181,12 @@ public final class MicroHTTPDServer: Sendable {
     /// still waits (503 before the status line, a cut body after it), waits until no
     /// connection is suspended (libmicrohttpd aborts if stopped with one) and stops the daemon.
     public func shutdown(onGraceExpired: @escaping @Sendable () async -> Void = {}) async {
-        let daemonAddress = lifecycle.withLock { state -> Int? in
-            guard case .running(let daemon) = state else { return nil }
-            state = .draining(daemon: daemon)
-            return daemon
+        let draining = lifecycle.withLock { state -> [Daemon]? in
+            guard case .running(let daemons) = state else { return nil }
+            state = .draining(daemons)
+            return daemons
         }
-        guard let daemonAddress else { return }  // Not running, or another shutdown is under way.
+        guard let draining else { return }  // Not running, or another shutdown is under way.
         core.stopAccepting()
         if await !core.liveRequests.waitUntilZero(timeout: core.configuration.shutdownGrace) {
             core.logger.warning("shutdown grace period over: answering what still waits", metadata: ["requests": "\(core.liveRequests.count)"])
@@ -105,14 +197,14 @@ public final class MicroHTTPDServer: Sendable {
             _ = await core.liveRequests.waitUntilZero(timeout: .seconds(1))
         }
         await core.suspendedConnections.waitUntilZero()
-        // Re-checked after the awaits: only the shutdown that moved to draining stops the daemon.
+        // Re-checked after the awaits: only the shutdown that moved to draining stops the daemons.
         let stop = lifecycle.withLock { state -> Bool in
-            guard case .draining(let daemon) = state, daemon == daemonAddress else { return false }
+            guard case .draining(let daemons) = state, daemons.map(\.address) == draining.map(\.address) else { return false }
             state = .stopped
             return true
         }
-        if stop, let daemon = UnsafeMutableRawPointer(bitPattern: daemonAddress) {
-            MHD_stop_daemon(OpaquePointer(daemon))
+        if stop {
+            for daemon in draining { MHD_stop_daemon(OpaquePointer(bitPattern: daemon.address)) }
         }
     }
 }
@@ -161,15 +253,24 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     MHD_get_connection_values(connection, .GET_ARGUMENT_KIND, collectValue, Unmanaged.passUnretained(arguments).toOpaque())
     let query = arguments.pairs.map { (name: NBDQuery.decode($0.name), value: NBDQuery.decode($0.value)) }
     let target = GatewayRequest.originForm(url)
-    let rawPath = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(target[..<$0]) } ?? target
-    var received = GatewayRequest(method: method, rawPath: rawPath, query: query, headers: collected.pairs)
+    let fullPath = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(target[..<$0]) } ?? target
+    // Under --base-path every route lives below the prefix; anything else is not ours.
+    let basePath = core.configuration.basePath
+    let rawPath = basePath.isEmpty ? fullPath : fullPath.utf8.starts(with: (basePath + "/").utf8) ? String(fullPath.dropFirst(basePath.count)) : nil
+    var received = GatewayRequest(method: method, rawPath: rawPath ?? fullPath, query: query, headers: collected.pairs)
     received.requestID = received.header("X-Request-Id").flatMap { NBDQuery.isValidRequestID($0) ? $0 : nil } ?? core.nextRequestID()
+    let peer = core.needsPeer ? peerAddress(connection) : ""
+    received.isSecure = core.configuration.https != nil && peer != "unix"
+    if !core.configuration.trustedProxies.networks.isEmpty { received.isFromTrustedProxy = core.configuration.trustedProxies.trusts(peer) }
     let request = received
-    let context = RequestContext(request: request, connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), core: core)
+    let client = core.configuration.accessLog == nil ? "" : core.configuration.trustedProxies.client(peer: peer, forwardedFor: request.header("X-Forwarded-For"))
+    let context = RequestContext(request: request, connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), core: core, client: client)
     core.register(context)
 
     let start: RequestContext.Machine.Start
-    if collected.bytes > core.configuration.maximumHeaderBytes {
+    if rawPath == nil {
+        start = .refuse(refusingBody(GatewayError.notFound(fullPath).response(requestID: request.requestID), of: request))
+    } else if collected.bytes > core.configuration.maximumHeaderBytes {
         start = .refuse(refusingBody(GatewayError.headerTooLarge("request headers exceed \(core.configuration.maximumHeaderBytes) bytes").response(requestID: request.requestID), of: request))
     } else if core.isShuttingDown {
         start = .refuse(refusingBody(GatewayError.unavailable("the gateway is shutting down").response(requestID: request.requestID), of: request))
@@ -239,6 +340,7 @@ private func nextCall(
     case .suspendAndDecide:
         return .YES  // Decisions start on the first call only.
     case .offer(let upload):
+        context.received(size)
         if let uploadData {
             upload.session.offer(UnsafeRawBufferPointer(start: uploadData, count: size)) { context.suspend() }
         }
@@ -281,6 +383,8 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
         }
     }
     guard let mhdResponse else { return .NO }
+    context.status = response.status
+    if case .bytes(let buffer) = response.body, !isHead { context.sent(buffer.readableBytes) }
     MHD_add_response_header(mhdResponse, "X-Request-Id", context.request.requestID)
     for (name, value) in response.headers {
         MHD_add_response_header(mhdResponse, name, value)
@@ -298,7 +402,9 @@ private let readBody: MHD_ContentReaderCallback = { cls, _, buffer, max in
     let context = Unmanaged<RequestContext>.fromOpaque(cls).takeUnretainedValue()
     guard let stream = context.stream else { return shim_MHD_CONTENT_READER_END_WITH_ERROR }
     switch stream.read(into: UnsafeMutableRawBufferPointer(start: buffer, count: max), suspend: { context.suspend() }) {
-    case .bytes(let count): return count
+    case .bytes(let count):
+        context.sent(count)
+        return count
     case .pending: return 0  // Suspended: no busy loop; the producer resumes us.
     case .end: return shim_MHD_CONTENT_READER_END_OF_STREAM
     case .failed: return shim_MHD_CONTENT_READER_END_WITH_ERROR
@@ -319,6 +425,93 @@ private let requestCompleted: MHD_RequestCompletedCallback = { cls, _, contextPo
     contextPointer.pointee = nil
     context.complete()
     core.unregister(context)
+    if let log = core.configuration.accessLog { log.write(context.accessLogEntry(basePath: core.configuration.basePath)) }
+}
+
+// MARK: - Connections: limits and peer addresses
+
+/// The connection's peer: an IP address, or "unix" for a Unix socket.
+private func peerAddress(_ connection: OpaquePointer) -> String {
+    guard let address = shim_MHD_client_address(connection) else { return "unknown" }
+    return socketAddressText(address)
+}
+
+private func socketAddressText(_ address: UnsafePointer<sockaddr>) -> String {
+    switch Int32(address.pointee.sa_family) {
+    case AF_INET:
+        return address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 in
+            withUnsafeBytes(of: v4.pointee.sin_addr) { IPAddress.text(Array($0)) } ?? "unknown"
+        }
+    case AF_INET6:
+        return address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 in
+            withUnsafeBytes(of: v6.pointee.sin6_addr) { IPAddress.text(Array($0)) } ?? "unknown"
+        }
+    case AF_UNIX:
+        return "unix"
+    default:
+        return "unknown"
+    }
+}
+
+/// libmicrohttpd's accept policy: the connection limits, decided before any byte is read.
+private let acceptPolicy: MHD_AcceptPolicyCallback = { cls, address, _ in
+    guard let cls else { return .YES }
+    let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
+    guard let limits = core.connectionLimits else { return .YES }
+    let client = address.map(socketAddressText) ?? "unix"
+    return limits.accepting(client: client) ? .YES : .NO
+}
+
+/// Each accepted connection remembers its client until it closes (the limits count it).
+private let connectionNotified: MHD_NotifyConnectionCallback = { cls, connection, socketContext, event in
+    guard let cls, let connection, let socketContext else { return }
+    let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
+    guard let limits = core.connectionLimits else { return }
+    switch event {
+    case MHD_ConnectionNotificationCode(rawValue: 0):  // MHD_CONNECTION_NOTIFY_STARTED
+        socketContext.pointee = Unmanaged.passRetained(ClientKey(peerAddress(connection))).toOpaque()
+    case MHD_ConnectionNotificationCode(rawValue: 1):  // MHD_CONNECTION_NOTIFY_CLOSED
+        guard let pointer = socketContext.pointee else { return }
+        socketContext.pointee = nil
+        limits.closed(client: Unmanaged<ClientKey>.fromOpaque(pointer).takeRetainedValue().address)
+    default:
+        break
+    }
+}
+
+private final class ClientKey {
+    let address: String
+    init(_ address: String) { self.address = address }
+}
+
+/// A listening Unix socket (`--unix-socket`); a stale socket file from an earlier run is replaced.
+enum UnixListener {
+    static func bind(_ path: String) throws -> Int32 {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard path.utf8.count < capacity else { throw GatewayStartError("the Unix socket path is longer than \(capacity - 1) bytes: \(path)") }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path.utf8)
+            raw[path.utf8.count] = 0
+        }
+        var status = stat()
+        if lstat(path, &status) == 0 {
+            guard status.st_mode & S_IFMT == S_IFSOCK else { throw GatewayStartError("\(path) exists and is not a socket") }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw GatewayStartError("cannot create a Unix socket: \(String(cString: strerror(errno)))") }
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw GatewayStartError("cannot listen on the Unix socket \(path): \(reason)")
+        }
+        return fd
+    }
 }
 
 /// Gathers header or query pairs from MHD_get_connection_values (on the libmicrohttpd thread only).

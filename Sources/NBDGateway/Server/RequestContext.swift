@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Synchronization
 
@@ -29,11 +32,40 @@ final class RequestContext: Sendable {
     let connection: Int
     private let locked = Mutex(Locked())
     private let core: ServerCore
+    /// For the access log: who asked, when, and what went each way.
+    let client: String
+    private let startedAt = WallClock.now
+    private let started = ContinuousClock.now
+    private let statusCode = Atomic<Int>(0)
+    private let bytesIn = Atomic<UInt64>(0)
+    private let bytesOut = Atomic<UInt64>(0)
 
-    init(request: GatewayRequest, connection: Int, core: ServerCore) {
+    init(request: GatewayRequest, connection: Int, core: ServerCore, client: String = "") {
         self.request = request
         self.connection = connection
         self.core = core
+        self.client = client
+    }
+
+    /// The status of the answer queued.
+    var status: Int {
+        get { statusCode.load(ordering: .relaxed) }
+        set { statusCode.store(newValue, ordering: .relaxed) }
+    }
+
+    func received(_ count: Int) { bytesIn.add(UInt64(count), ordering: .relaxed) }
+    func sent(_ count: Int) { bytesOut.add(UInt64(count), ordering: .relaxed) }
+
+    /// The access-log line of the finished request.
+    func accessLogEntry(basePath: String) -> AccessLogEntry {
+        let elapsed = ContinuousClock.now - started
+        return AccessLogEntry(
+            time: startedAt, method: request.method, path: basePath + request.rawPath, status: status,
+            bytesIn: bytesIn.load(ordering: .relaxed), bytesOut: bytesOut.load(ordering: .relaxed),
+            durationSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+            requestID: request.requestID, export: Route.parse(request.rawPath).flatMap { try? $0.exportName() },
+            token: AccessControl.fingerprint(of: request), client: client
+        )
     }
 
     /// Makes one transition under the lock. A suspension it asks for is made under the same
@@ -102,6 +134,10 @@ final class ServerCore: Sendable {
     let control: ConnectionControl
     /// Requests between their headers and their completion.
     let liveRequests = ActivityCounter()
+    /// `--max-connections` and `--max-connections-per-client`; nil when neither is set.
+    let connectionLimits: ConnectionLimits?
+    /// The peer's address is needed (access log, trusted proxies, HTTPS next to a Unix socket).
+    let needsPeer: Bool
     /// Connections suspended now; the daemon may stop only at zero.
     let suspendedConnections = ActivityCounter()
     private let live = Mutex<[ObjectIdentifier: RequestContext]>([:])
@@ -118,6 +154,10 @@ final class ServerCore: Sendable {
         self.spawn = spawn
         self.logger = logger
         self.control = control
+        connectionLimits = configuration.maximumConnections == nil && configuration.maximumConnectionsPerClient == nil
+            ? nil : ConnectionLimits(maximum: configuration.maximumConnections, maximumPerClient: configuration.maximumConnectionsPerClient)
+        needsPeer = configuration.accessLog != nil || !configuration.trustedProxies.networks.isEmpty
+            || (configuration.https != nil && configuration.unixSocketPath != nil)
     }
 
     var isShuttingDown: Bool { shuttingDown.load(ordering: .relaxed) }
@@ -148,5 +188,14 @@ final class ServerCore: Sendable {
             ])
             context.expire(refusal: GatewayError.unavailable("the gateway is shutting down").response(requestID: context.request.requestID))
         }
+    }
+}
+
+/// Seconds since the epoch (for log timestamps; durations use ContinuousClock).
+enum WallClock {
+    static var now: Double {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9
     }
 }
