@@ -5,17 +5,8 @@ import Testing
 
 @Suite("TLS")
 struct TLSTests {
-    /// A CA and a server certificate for localhost, in nbdkit's and libnbd's directory layout.
     private func makeCertificates(in directory: URL) async throws {
-        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
-        try await Tools.run("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
-                                        "-keyout", path("ca-key.pem"), "-out", path("ca-cert.pem")])
-        try await Tools.run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                                        "-keyout", path("server-key.pem"), "-out", path("server.csr")])
-        let extensions = directory.appendingPathComponent("ext.cnf")
-        try "subjectAltName=DNS:localhost,IP:127.0.0.1\n".write(to: extensions, atomically: true, encoding: .utf8)
-        try await Tools.run("openssl", ["x509", "-req", "-in", path("server.csr"), "-CA", path("ca-cert.pem"), "-CAkey", path("ca-key.pem"),
-                                        "-CAcreateserial", "-days", "2", "-extfile", extensions.path, "-out", path("server-cert.pem")])
+        try await Certificates.make(in: directory)
     }
 
     @Test("nbds:// with STARTTLS: verified server, plain client refused, wrong CA refused")

@@ -29,17 +29,23 @@ final class Gateway: Sendable {
     let process: BackgroundProcess
     let port: Int
     let arguments: [String]
-    private let directory: URL
+    /// `--base-path`, stripped from recorded paths for the contract check.
+    let basePath: String
+    /// "http" or "https".
+    let scheme: String
+    let directory: URL
     private let recorded = Mutex<[RecordedResponse]>([])
 
-    private init(process: BackgroundProcess, port: Int, arguments: [String], directory: URL) {
+    private init(process: BackgroundProcess, port: Int, arguments: [String], directory: URL, scheme: String, basePath: String) {
         self.process = process
         self.port = port
         self.arguments = arguments
         self.directory = directory
+        self.scheme = scheme
+        self.basePath = basePath
     }
 
-    var baseURL: String { "http://127.0.0.1:\(port)" }
+    var baseURL: String { "\(scheme)://127.0.0.1:\(port)\(basePath)" }
 
     /// Starts the gateway with `arguments` (plus `--host 127.0.0.1 --port 0`) and waits for its
     /// `listening on` line.
@@ -52,11 +58,11 @@ final class Gateway: Sendable {
         let fullArguments = ["--host", "127.0.0.1", "--port", "0"] + grace + arguments
         let process = try BackgroundProcess(try Paths.gatewayBinary(), fullArguments, stderrPath: directory.appendingPathComponent("stderr").path)
         do {
-            let line = try await process.waitForLine(containing: "listening on http://", timeout: .seconds(20))
-            guard let portText = line.split(separator: ":").last, let port = Int(portText.trimmingCharacters(in: .whitespaces)) else {
+            let line = try await process.waitForLine(containing: "listening on http", timeout: .seconds(20))
+            guard let match = line.firstMatch(of: /listening on (https?):\/\/[^ ]*:(\d+)(\/[^ ]*)?$/), let port = Int(match.2) else {
                 throw TestFailure("cannot read the port from \"\(line)\"")
             }
-            return Gateway(process: process, port: port, arguments: fullArguments, directory: directory)
+            return Gateway(process: process, port: port, arguments: fullArguments, directory: directory, scheme: String(match.1), basePath: match.3.map(String.init) ?? "")
         } catch {
             await process.stop()
             let log = process.stderrText
@@ -86,8 +92,9 @@ final class Gateway: Sendable {
     func record(_ request: HTTPRequest, _ response: HTTPResponse) {
         let contentType = response.header("Content-Type")?.lowercased() ?? ""
         let isText = contentType.hasPrefix("application/json") || contentType.hasPrefix("text/") || contentType.hasPrefix("application/yaml")
+        let path = !basePath.isEmpty && request.path.hasPrefix(basePath + "/") ? String(request.path.dropFirst(basePath.count)) : request.path
         let entry = RecordedResponse(
-            method: request.method, path: request.path, status: response.status, headers: response.headers,
+            method: request.method, path: path, status: response.status, headers: response.headers,
             bodyText: isText ? response.text : nil, bodyLength: response.body.count
         )
         recorded.withLock { $0.append(entry) }

@@ -25,8 +25,30 @@ final class MemoryDisk: NBDBlockDevice {
         if let error = state.withLock({ $0.failures[command] }) { throw error }
     }
 
+    /// While held, reads wait (each announces itself on `heldReads`) until `releaseReads()`.
+    private let gate = Mutex<(holding: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+    let (heldReads, heldRead) = AsyncStream.makeStream(of: Void.self)
+
+    func holdReads() { gate.withLock { $0.holding = true } }
+
+    func releaseReads() {
+        let waiting = gate.withLock { gate in
+            gate.holding = false
+            defer { gate.waiting = [] }
+            return gate.waiting
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+
     func read(at offset: UInt64, length: Int) async throws -> ByteBuffer {
         try check(.read)
+        await withCheckedContinuation { continuation in
+            let wait = gate.withLock { gate in
+                if gate.holding { gate.waiting.append(continuation) }
+                return gate.holding
+            }
+            if wait { heldRead.yield() } else { continuation.resume() }
+        }
         return ByteBuffer(bytes: bytes(Int(offset)..<(Int(offset) + length)))
     }
 
