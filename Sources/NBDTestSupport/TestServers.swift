@@ -39,6 +39,7 @@ public enum Tools {
         "nbdkit": "nbdkit", "qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils", "nbd-server": "nbd-server",
         "nbdcopy": "libnbd-bin", "nbdinfo": "libnbd-bin", "nbdsh": "libnbd-bin", "fio": "fio", "curl": "curl",
         "wrk": "wrk", "nginx": "nginx", "openssl": "openssl", "python3": "python3", "sh": "dash", "od": "coreutils",
+        "systemd-socket-activate": "systemd", "systemd-analyze": "systemd", "docker-compose": "docker-compose",
     ]
 
     /// What a missing tool or capability says: what is missing and the package that provides it.

@@ -117,12 +117,25 @@ enum RawHTTP {
         private var buffer: [UInt8] = []
         private var closed = false
 
-        init(port: Int, timeoutSeconds: Int = RawHTTP.ioTimeoutSeconds) throws {
+        /// `source` binds the client end to another loopback address (127.0.0.2, …): another client.
+        init(port: Int, timeoutSeconds: Int = RawHTTP.ioTimeoutSeconds, source: String? = nil) throws {
             fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw TestFailure("socket failed: \(errno)") }
             var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            if let source {
+                var local = sockaddr_in()
+                local.sin_family = sa_family_t(AF_INET)
+                local.sin_addr.s_addr = inet_addr(source)
+                let bound = withUnsafePointer(to: &local) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                guard bound == 0 else {
+                    Glibc.close(fd)
+                    throw TestFailure("cannot bind to \(source): errno \(errno)")
+                }
+            }
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = UInt16(port).bigEndian
