@@ -67,6 +67,18 @@ struct OperatorSecurityTests {
             #expect((entry["token"] as? String)?.count == 8 && entry["path"] as? String == "/exports/disk/data")
             let qemuRead = try #require(lines.last { $0.contains(#""status":206"#) })
             #expect(qemuRead.contains(#""bytes_out":"#) && !qemuRead.contains(#""bytes_out":0,"#))
+
+            // logrotate: the file moved away, SIGHUP opens a new one at the same path.
+            let rotated = directory.appendingPathComponent("access.log.1")
+            try FileManager.default.moveItem(at: accessLog, to: rotated)
+            kill(gateway.process.pid, SIGHUP)
+            try await waitUntil("requests are logged to a new file") {
+                try await gateway.get("/healthz", headers: [("X-Request-Id", "after-rotation")])
+                return ((try? String(contentsOf: accessLog, encoding: .utf8)) ?? "").contains(#""request_id":"after-rotation""#)
+            }
+            try await gateway.get("/healthz", headers: [("X-Request-Id", "after-reopen")])
+            try await waitUntil("the next request is logged to the new file") { (try String(contentsOf: accessLog, encoding: .utf8)).contains("after-reopen") }
+            #expect(!(try String(contentsOf: rotated, encoding: .utf8)).contains("after-reopen"))
         }
     }
 

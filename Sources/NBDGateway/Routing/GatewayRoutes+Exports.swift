@@ -54,6 +54,9 @@ extension GatewayRoutes {
             ("block_size", blockSizeJSON(info)),
             ("contexts", .array(metadata.contexts.map { .string($0) })),
             ("structured_replies", .bool(metadata.structuredReplies)),
+            // Replicas each hold their own connections: only CAN_MULTI_CONN (with the flush
+            // before acknowledging) makes one replica's writes visible through another.
+            ("consistent_across_gateways", .bool(metadata.canMultiConn)),
         ])
     }
 
