@@ -82,6 +82,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            // The disk browser's files, compiled into the binary (no build step, nothing fetched).
+            resources: [.embedInCode("UI/index.html"), .embedInCode("UI/app.js"), .embedInCode("UI/style.css")],
             swiftSettings: strictSwift6
         ),
         .executableTarget(

@@ -19,7 +19,8 @@ struct GatewayCommand: AsyncParsableCommand {
         NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_MAX_BODY_SIZE, NBD_GATEWAY_LOG_LEVEL,
         NBD_GATEWAY_AUTH_FILE, NBD_GATEWAY_HTTPS_CERT, NBD_GATEWAY_HTTPS_KEY, NBD_GATEWAY_MAX_IN_FLIGHT, NBD_GATEWAY_MAX_CONNECTIONS,
         NBD_GATEWAY_MAX_CONNECTIONS_PER_CLIENT, NBD_GATEWAY_ACCESS_LOG, NBD_GATEWAY_TRUSTED_PROXY (several separated by spaces),
-        NBD_GATEWAY_BASE_PATH, NBD_GATEWAY_UNIX_SOCKET, NBD_GATEWAY_NBD_TLS_CA, NBD_GATEWAY_NBD_TLS_CERT, NBD_GATEWAY_NBD_TLS_KEY.
+        NBD_GATEWAY_BASE_PATH, NBD_GATEWAY_UNIX_SOCKET, NBD_GATEWAY_NBD_TLS_CA, NBD_GATEWAY_NBD_TLS_CERT, NBD_GATEWAY_NBD_TLS_KEY,
+        NBD_GATEWAY_CORS_ORIGIN (several separated by spaces), NBD_GATEWAY_NO_UI=1.
         Flags win over the environment. With no backend at all, an nbdkit memory disk is started.
         With LISTEN_FDS (systemd socket activation) the gateway serves the sockets it is given instead of --host/--port.
         SIGHUP reloads the auth file and the HTTPS certificate and key, and reopens the access log.
@@ -53,6 +54,8 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("nbd-tls-ca"), help: "PEM CA certificates trusted for nbds:// backends.") var nbdTLSCA: String?
     @Option(name: .customLong("nbd-tls-cert"), help: "PEM client certificate for nbds:// backends.") var nbdTLSCert: String?
     @Option(name: .customLong("nbd-tls-key"), help: "PEM key of --nbd-tls-cert.") var nbdTLSKey: String?
+    @Option(name: .customLong("cors-origin"), help: "Web origin (https://host[:port]) whose pages may read answers, or * (repeatable).") var corsOrigins: [String] = []
+    @Flag(name: .customLong("no-ui"), help: "Do not serve the disk browser page at /.") var noUI = false
 
     func validate() throws {
         let settings = try resolved()
@@ -78,6 +81,9 @@ struct GatewayCommand: AsyncParsableCommand {
         if (settings.nbdTLSCert == nil) != (settings.nbdTLSKey == nil) { throw ValidationError("--nbd-tls-cert and --nbd-tls-key go together") }
         for proxy in settings.trustedProxies where TrustedProxies.Network(proxy) == nil {
             throw ValidationError("--trusted-proxy takes an address or ADDRESS/BITS, not \"\(proxy)\"")
+        }
+        for origin in settings.corsOrigins where origin != "*" && !(origin.hasPrefix("http://") || origin.hasPrefix("https://")) || origin.hasSuffix("/") {
+            throw ValidationError("--cors-origin takes * or an origin like https://dash.example.org, not \"\(origin)\"")
         }
         let base = settings.basePath
         if !base.isEmpty && (!base.hasPrefix("/") || base.hasSuffix("/") || base.contains("?") || base.contains("#") || base.contains("//")) {
@@ -132,6 +138,7 @@ struct GatewayCommand: AsyncParsableCommand {
             do { return try AccessLog(path: path) } catch { throw ValidationError("\(error)") }
         }
         http.accessLog = accessLog
+        http.cors = CORSPolicy(allowedOrigins: settings.corsOrigins)
         let access = try settings.authFile.map { AccessControl(try Reloadable.accessFile($0)) }
         let configuration = GatewayConfiguration(
             http: http,
@@ -146,7 +153,9 @@ struct GatewayCommand: AsyncParsableCommand {
                 maximumBodySize: settings.maxBodySize,
                 access: access,
                 maximumInFlight: settings.maxInFlight,
-                basePath: settings.basePath
+                basePath: settings.basePath,
+                cors: http.cors,
+                userInterface: !settings.noUI
             )
         )
         let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
@@ -213,6 +222,8 @@ struct GatewayCommand: AsyncParsableCommand {
         var nbdTLSCA: String?
         var nbdTLSCert: String?
         var nbdTLSKey: String?
+        var corsOrigins: [String]
+        var noUI: Bool
     }
 
     func resolved() throws -> Settings {
@@ -258,7 +269,9 @@ struct GatewayCommand: AsyncParsableCommand {
             unixSocket: unixSocket ?? env("UNIX_SOCKET"),
             nbdTLSCA: nbdTLSCA ?? env("NBD_TLS_CA"),
             nbdTLSCert: nbdTLSCert ?? env("NBD_TLS_CERT"),
-            nbdTLSKey: nbdTLSKey ?? env("NBD_TLS_KEY")
+            nbdTLSKey: nbdTLSKey ?? env("NBD_TLS_KEY"),
+            corsOrigins: corsOrigins.isEmpty ? (env("CORS_ORIGIN")?.split(separator: " ").map(String.init) ?? []) : corsOrigins,
+            noUI: noUI || ["1", "true", "yes"].contains(env("NO_UI")?.lowercased() ?? "")
         )
     }
 }

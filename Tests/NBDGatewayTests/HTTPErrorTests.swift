@@ -12,7 +12,7 @@ struct HTTPErrorTests {
     @Test("unknown paths: 404 not_found, whatever the method")
     func notFound() async throws {
         try await withNBDKitGateway(Self.memory) { gateway, _ in
-            for (method, target) in [("GET", "/"), ("GET", "/nope"), ("GET", "/exports/disk/data/x"), ("GET", "/exports/disk/other"),
+            for (method, target) in [("GET", "/ui/nope.js"), ("GET", "/nope"), ("GET", "/exports/disk/data/x"), ("GET", "/exports/disk/other"),
                                      ("GET", "/exports/a/b/data"), ("DELETE", "/nope"), ("PUT", "/nope"), ("POST", "/exports/disk/data/"),
                                      ("GET", "/EXPORTS"), ("GET", "/healthz/")] {
                 let body: [UInt8]? = method == "PUT" || method == "POST" ? Array("x".utf8) : nil

@@ -31,10 +31,15 @@ struct RouteTests {
         // The empty name (NBD's default export) is an empty segment.
         #expect(Route.parse("/exports//data") == .data(""))
         #expect(Route.parse("/exports/") == .export(""))
+        // The disk browser: its page, its two files, and the base path without its slash.
+        #expect(Route.parse("/") == .page)
+        #expect(Route.parse("/ui/app.js") == .asset("app.js"))
+        #expect(Route.parse("/ui/style.css") == .asset("style.css"))
+        #expect(Route.parse("") == .baseRedirect)
     }
 
     @Test("unknown paths are nil (404)", arguments: [
-        "", "/", "/export/disk", "/EXPORTS", "exports/disk", "//exports/disk", "/exports/disk/other",
+        "/ui/", "/ui/other.js", "/index.html", "/export/disk", "/EXPORTS", "exports/disk", "//exports/disk", "/exports/disk/other",
         "/exports/disk/data/x", "/exports/a/b/data", "/exports/disk/data/", "/exports/disk/", "/healthz/",
         "/exports/disk/DATA", "/openapi.json", "/exports/a/b/c/d",
     ])

@@ -13,7 +13,7 @@ extension Route {
     /// Routes that stay open with `--auth-file`: they name no export.
     var isPublic: Bool {
         switch self {
-        case .health, .ready, .openAPI: true
+        case .health, .ready, .openAPI, .page, .asset, .baseRedirect: true
         default: false
         }
     }
@@ -32,7 +32,7 @@ extension GatewayRoutes {
         switch route {
         case .metrics:
             guard grant.isOperator else { throw .accessDenied("/metrics needs a token for every export (*)") }
-        case .exports, .health, .ready, .openAPI:
+        case .exports, .health, .ready, .openAPI, .page, .asset, .baseRedirect:
             break
         case .export, .data, .extents, .flush, .trim, .zero:
             let name = try route.exportName() ?? ""
@@ -61,7 +61,7 @@ extension Route {
     /// Routes whose answer waits on an NBD server.
     var needsBackend: Bool {
         switch self {
-        case .health, .metrics, .openAPI: false
+        case .health, .metrics, .openAPI, .page, .asset, .baseRedirect: false
         default: true
         }
     }

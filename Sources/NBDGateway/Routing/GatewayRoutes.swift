@@ -106,6 +106,8 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
 
     private func route(_ request: GatewayRequest) async throws(GatewayError) -> GatewayResponse {
         guard let route = Route.parse(request.rawPath) else { throw .notFound(request.rawPath) }
+        // A preflight needs no token: the request it announces will.
+        if settings.cors.isPreflight(request) { return settings.cors.preflightResponse(methods: route.allowed) }
         let grant = try authorize(request, route)
         let method = request.method == "HEAD" && route.allowed.contains("GET") ? "HEAD" : request.method
         guard route.allowed.contains(method) else { throw .methodNotAllowed(request.method, allow: route.allowed) }
@@ -119,6 +121,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
             return GatewayResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                                    body: .bytes(ByteBuffer(string: await settings.metricsText())))
         case .openAPI: return servedContract(request)
+        case .page, .asset, .baseRedirect: return try userInterface(request, route: route)
         case .export: return try await metadata(request, route: route)
         case .data:
             switch method {
@@ -270,12 +273,19 @@ public struct GatewayRouteSettings: Sendable {
     public var maximumInFlight: Int?
     /// `--base-path` ("" or "/prefix"): named in the served contract's `servers`.
     public var basePath: String
+    /// `--cors-origin`: preflights are answered for these origins.
+    public var cors: CORSPolicy
+    /// Serve the disk browser at `/` (`--no-ui` turns it off).
+    public var userInterface: Bool
 
     public init(
         readOnly: Bool = false, openAPIDocument: String = "", metricsText: @escaping @Sendable () async -> String = { "" },
         readChunkSize: Int = 256 << 10, writeChunkSize: Int = 1 << 20, readRetries: Int = 3, maximumBodySize: UInt64? = nil,
-        access: AccessControl? = nil, maximumInFlight: Int? = nil, basePath: String = ""
+        access: AccessControl? = nil, maximumInFlight: Int? = nil, basePath: String = "",
+        cors: CORSPolicy = CORSPolicy(), userInterface: Bool = true
     ) {
+        self.cors = cors
+        self.userInterface = userInterface
         self.basePath = basePath
         self.access = access
         self.maximumInFlight = maximumInFlight

@@ -13,6 +13,11 @@ enum Route: Equatable {
     case ready
     case metrics
     case openAPI
+    /// The disk browser: its page (`/`) and files (`/ui/…`).
+    case page
+    case asset(String)
+    /// The base path without its trailing slash: redirected to the page.
+    case baseRedirect
 
     /// Methods each resource defines (the `Allow` header of a 405).
     var allowed: [String] {
@@ -46,6 +51,9 @@ enum Route: Equatable {
     /// Parses a raw path; `nil` is a 404. Names stay encoded until `exportName()`.
     static func parse(_ rawPath: String) -> Route? {
         switch rawPath {
+        case "": return .baseRedirect
+        case "/": return .page
+        case "/ui/app.js", "/ui/style.css": return .asset(String(rawPath.dropFirst("/ui/".count)))
         case "/exports": return .exports
         case "/healthz": return .health
         case "/readyz": return .ready

@@ -30,6 +30,8 @@ public struct HTTPServerConfiguration: Sendable {
     public var accessLog: AccessLog?
     /// Whose `X-Forwarded-*` headers are believed.
     public var trustedProxies = TrustedProxies()
+    /// Origins whose pages may read answers (CORS headers on every answer).
+    public var cors = CORSPolicy()
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, threads: Int = 2, connectionMemoryLimit: Int = 64 << 10,

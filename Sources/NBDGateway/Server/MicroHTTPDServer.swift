@@ -256,7 +256,14 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     let fullPath = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(target[..<$0]) } ?? target
     // Under --base-path every route lives below the prefix; anything else is not ours.
     let basePath = core.configuration.basePath
-    let rawPath = basePath.isEmpty ? fullPath : fullPath.utf8.starts(with: (basePath + "/").utf8) ? String(fullPath.dropFirst(basePath.count)) : nil
+    let rawPath: String?
+    if basePath.isEmpty {
+        rawPath = fullPath
+    } else if fullPath == basePath {
+        rawPath = ""  // Redirected to basePath + "/".
+    } else {
+        rawPath = fullPath.utf8.starts(with: (basePath + "/").utf8) ? String(fullPath.dropFirst(basePath.count)) : nil
+    }
     var received = GatewayRequest(method: method, rawPath: rawPath ?? fullPath, query: query, headers: collected.pairs)
     received.requestID = received.header("X-Request-Id").flatMap { NBDQuery.isValidRequestID($0) ? $0 : nil } ?? core.nextRequestID()
     let peer = core.needsPeer ? peerAddress(connection) : ""
@@ -388,6 +395,11 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
     MHD_add_response_header(mhdResponse, "X-Request-Id", context.request.requestID)
     for (name, value) in response.headers {
         MHD_add_response_header(mhdResponse, name, value)
+    }
+    if core.configuration.cors.isEnabled {
+        for (name, value) in core.configuration.cors.responseHeaders(origin: context.request.header("Origin")) {
+            MHD_add_response_header(mhdResponse, name, value)
+        }
     }
     let result = MHD_queue_response(connection, UInt32(response.status), mhdResponse)
     MHD_destroy_response(mhdResponse)

@@ -79,7 +79,8 @@ def validate(instance, pointer):
 
 templates = []
 for template in spec["paths"]:
-    pattern = "^" + re.escape(template).replace(re.escape("{name}"), "([^/]*)") + "$"
+    parts = re.split(r"(\{[a-z]+\})", template)
+    pattern = "^" + "".join("([^/]*)" if part.startswith("{") else re.escape(part) for part in parts) + "$"
     templates.append((template, re.compile(pattern)))
 
 if mode == "operations":
