@@ -95,4 +95,10 @@ static inline struct MHD_OptionItem shim_option_notify_connection(MHD_NotifyConn
     return item;
 }
 
+/* The connection's inactivity timeout in seconds (MHD_set_connection_option is variadic). */
+static inline void shim_MHD_set_timeout(struct MHD_Connection *connection, unsigned int seconds)
+{
+    MHD_set_connection_option(connection, MHD_CONNECTION_OPTION_TIMEOUT, seconds);
+}
+
 #endif

@@ -16,7 +16,7 @@ struct GatewayCommand: AsyncParsableCommand {
         Every option can also be set with an environment variable: NBD_GATEWAY_HOST, NBD_GATEWAY_PORT,
         NBD_GATEWAY_BACKEND and NBD_GATEWAY_EXPORT (several separated by spaces), NBD_GATEWAY_READ_ONLY=1,
         NBD_GATEWAY_POOL_SIZE, NBD_GATEWAY_REQUESTS_PER_CONNECTION, NBD_GATEWAY_REQUEST_TIMEOUT,
-        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_MAX_BODY_SIZE, NBD_GATEWAY_LOG_LEVEL,
+        NBD_GATEWAY_IDLE_TIMEOUT, NBD_GATEWAY_SHUTDOWN_GRACE, NBD_GATEWAY_READ_RETRIES, NBD_GATEWAY_KEEP_ALIVE_TIMEOUT, NBD_GATEWAY_HEADER_TIMEOUT, NBD_GATEWAY_MAX_BODY_SIZE, NBD_GATEWAY_LOG_LEVEL,
         NBD_GATEWAY_AUTH_FILE, NBD_GATEWAY_HTTPS_CERT, NBD_GATEWAY_HTTPS_KEY, NBD_GATEWAY_MAX_IN_FLIGHT, NBD_GATEWAY_MAX_CONNECTIONS,
         NBD_GATEWAY_MAX_CONNECTIONS_PER_CLIENT, NBD_GATEWAY_ACCESS_LOG, NBD_GATEWAY_TRUSTED_PROXY (several separated by spaces),
         NBD_GATEWAY_BASE_PATH, NBD_GATEWAY_UNIX_SOCKET, NBD_GATEWAY_NBD_TLS_CA, NBD_GATEWAY_NBD_TLS_CERT, NBD_GATEWAY_NBD_TLS_KEY,
@@ -37,6 +37,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest PUT body in bytes (413 above it; unlimited by default).") var maxBodySize: UInt64?
+    @Option(name: .customLong("header-timeout"), help: "Seconds a new connection may stay silent before its request headers are complete (10).") var headerTimeout: Int?
     @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle HTTP keep-alive connection stays open (not the NBD pool's --idle-timeout).") var keepAliveTimeout: Int?
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds requests in progress get to finish after SIGTERM/SIGINT (then 503 or a cut body).") var shutdownGrace: Double?
@@ -65,6 +66,7 @@ struct GatewayCommand: AsyncParsableCommand {
         if settings.requestTimeout < 1 { throw ValidationError("--request-timeout must be at least 1 second") }
         if settings.idleTimeout < 1 { throw ValidationError("--idle-timeout must be at least 1 second") }
         if settings.keepAliveTimeout < 1 { throw ValidationError("--keep-alive-timeout must be at least 1 second") }
+        if settings.headerTimeout < 1 { throw ValidationError("--header-timeout must be at least 1 second") }
         if settings.readRetries < 0 || settings.readRetries > 100 { throw ValidationError("--read-retries must be 0...100") }
         if !(settings.shutdownGrace >= 0 && settings.shutdownGrace <= 3600) { throw ValidationError("--shutdown-grace must be 0...3600 seconds") }
         for export in settings.exports {
@@ -127,6 +129,7 @@ struct GatewayCommand: AsyncParsableCommand {
             host: settings.host, port: settings.port, connectionTimeout: settings.keepAliveTimeout,
             shutdownGrace: .milliseconds(Int64(settings.shutdownGrace * 1000))
         )
+        http.headerTimeout = settings.headerTimeout
         http.basePath = settings.basePath
         http.unixSocketPath = settings.unixSocket
         http.inheritedSockets = SocketActivation.sockets()
@@ -207,6 +210,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var shutdownGrace: Double
         var readRetries: Int
         var keepAliveTimeout: Int
+        var headerTimeout: Int
         var maxBodySize: UInt64?
         var logLevel: String
         var authFile: String?
@@ -252,6 +256,7 @@ struct GatewayCommand: AsyncParsableCommand {
             shutdownGrace: try shutdownGrace ?? envDouble("SHUTDOWN_GRACE") ?? 10,
             readRetries: try readRetries ?? envInt("READ_RETRIES") ?? 3,
             keepAliveTimeout: try keepAliveTimeout ?? envInt("KEEP_ALIVE_TIMEOUT") ?? 120,
+            headerTimeout: try headerTimeout ?? envInt("HEADER_TIMEOUT") ?? 10,
             maxBodySize: try maxBodySize ?? envInt("MAX_BODY_SIZE").map { value in
                 guard value >= 0 else { throw ValidationError("NBD_GATEWAY_MAX_BODY_SIZE must not be negative") }
                 return UInt64(value)

@@ -247,6 +247,10 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
 
 /// Headers are complete: build the request and let the machine decide how it starts.
 private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: String, method: String) -> (RequestContext, MHD_Result) {
+    // From here on the connection is idle only between requests: the keep-alive timeout.
+    if core.configuration.headerTimeout != core.configuration.connectionTimeout {
+        shim_MHD_set_timeout(connection, UInt32(core.configuration.connectionTimeout))
+    }
     let collected = HeaderCollector()
     MHD_get_connection_values(connection, .HEADER_KIND, collectValue, Unmanaged.passUnretained(collected).toOpaque())
     let arguments = HeaderCollector()
@@ -474,16 +478,19 @@ private let acceptPolicy: MHD_AcceptPolicyCallback = { cls, address, _ in
     return limits.accepting(client: client) ? .YES : .NO
 }
 
-/// Each accepted connection remembers its client until it closes (the limits count it).
+/// A new connection gets the header timeout until its request headers are complete; each
+/// accepted one remembers its client until it closes (the limits count it).
 private let connectionNotified: MHD_NotifyConnectionCallback = { cls, connection, socketContext, event in
     guard let cls, let connection, let socketContext else { return }
     let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
-    guard let limits = core.connectionLimits else { return }
     switch event {
     case MHD_ConnectionNotificationCode(rawValue: 0):  // MHD_CONNECTION_NOTIFY_STARTED
-        socketContext.pointee = Unmanaged.passRetained(ClientKey(peerAddress(connection))).toOpaque()
+        shim_MHD_set_timeout(connection, UInt32(core.configuration.headerTimeout))
+        if core.connectionLimits != nil {
+            socketContext.pointee = Unmanaged.passRetained(ClientKey(peerAddress(connection))).toOpaque()
+        }
     case MHD_ConnectionNotificationCode(rawValue: 1):  // MHD_CONNECTION_NOTIFY_CLOSED
-        guard let pointer = socketContext.pointee else { return }
+        guard let limits = core.connectionLimits, let pointer = socketContext.pointee else { return }
         socketContext.pointee = nil
         limits.closed(client: Unmanaged<ClientKey>.fromOpaque(pointer).takeRetainedValue().address)
     default:
