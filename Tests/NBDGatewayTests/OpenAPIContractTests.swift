@@ -53,19 +53,23 @@ struct OpenAPIContractTests {
     @Test("every operation of the contract is routed (never 404 not_found or 405)")
     func everyOperationExists() async throws {
         let operations = try await OpenAPIChecker.operations()
-        #expect(operations.count == 14)
-        try await withNBDKitGateway(["memory", "size=1M"]) { gateway, _ in
+        #expect(operations.count == 26)  // 14 of the API, the page and its files, 10 CORS preflights.
+        let origin = "http://127.0.0.1:9000"
+        try await withNBDKitGateway(["memory", "size=1M"], gatewayArguments: ["--cors-origin", origin]) { gateway, _ in
             for (method, template) in operations {
-                var target = template.replacingOccurrences(of: "{name}", with: "disk")
+                var target = template.replacingOccurrences(of: "{name}", with: "disk").replacingOccurrences(of: "{file}", with: "app.js")
                 var body: [UInt8]?
+                var headers: [(name: String, value: String)] = []
                 switch method {
+                case "OPTIONS" where !template.hasSuffix("/data"):
+                    headers = [("Origin", origin), ("Access-Control-Request-Method", "GET")]
                 case "PUT": body = Array("hello".utf8)
                 case "POST":
                     body = []
                     if template.hasSuffix("/trim") || template.hasSuffix("/zero") { target += "?length=1" }
                 default: break
                 }
-                let response = try await gateway.send(HTTPRequest(method, target, body: body))
+                let response = try await gateway.send(HTTPRequest(method, target, headers: headers, body: body))
                 #expect((200..<300).contains(response.status), "\(method) \(template): \(response.summary)")
             }
         }

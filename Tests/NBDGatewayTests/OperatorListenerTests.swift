@@ -101,7 +101,7 @@ struct OperatorListenerTests {
             #expect(gateway.basePath == "/nbd")
             #expect(try await gateway.get("/nbd/exports").status == 200)
             #expect(try await gateway.get("/nbd/healthz").status == 200)
-            for outside in ["/exports", "/healthz", "/nbdexports", "/nbd"] {
+            for outside in ["/exports", "/healthz", "/nbdexports", "/"] {
                 let answer = try await gateway.send(HTTPRequest("GET", outside), record: false)
                 let code = try answer.errorObject()["code"] as? String
                 #expect(answer.status == 404 && code == "not_found", "\(outside)")
