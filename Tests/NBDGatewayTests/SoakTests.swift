@@ -1,0 +1,153 @@
+import Foundation
+import NBDTestSupport
+import Synchronization
+import Testing
+
+/// Bounded soak: 8 clients write and read back their own blocks for 15 s while the NBD server
+/// is killed (SIGKILL) and restarted twice. Every answer is either right or the contract's JSON
+/// error, never wrong bytes; afterwards the gateway serves, every block acknowledged last reads
+/// back, and its descriptors and memory are back near where they started.
+@Suite("Soak: load through backend crashes", .timeLimit(.minutes(2)))
+struct SoakTests {
+    static let blockSize = 65536
+    static let clients = 8
+    static let blocksPerClient = 8
+
+    final class Backend: Sendable {
+        let directory: URL
+        let socket: String
+        let image: String
+        private let pid = Mutex<pid_t>(0)
+
+        init() async throws {
+            directory = try Tools.temporaryDirectory()
+            socket = directory.appendingPathComponent("nbd.sock").path
+            image = directory.appendingPathComponent("disk.img").path
+            _ = FileManager.default.createFile(atPath: image, contents: nil)
+            try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: UInt64(SoakTests.blockSize * SoakTests.clients * SoakTests.blocksPerClient))
+            try await start()
+        }
+
+        func start() async throws {
+            try? FileManager.default.removeItem(atPath: socket)  // Left behind by a SIGKILL.
+            let pidFile = directory.appendingPathComponent("nbdkit.pid")
+            try await Tools.run("nbdkit", ["-P", pidFile.path, "-U", socket, "file", image])
+            let started = try await Tools.readPID(pidFile)
+            pid.withLock { $0 = started }
+        }
+
+        func crash() async throws {
+            let victim = pid.withLock { $0 }
+            kill(victim, SIGKILL)
+            // Dead once gone or a zombie (its parent, not us, reaps it).
+            try await waitUntil("nbdkit is gone") {
+                guard let stat = try? String(contentsOfFile: "/proc/\(victim)/stat", encoding: .utf8) else { return true }
+                return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+            }
+        }
+
+        func stop() {
+            kill(pid.withLock { $0 }, SIGTERM)
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    struct Counts: Sendable {
+        var ok = 0
+        var contractErrors: [String: Int] = [:]
+        var wrong: [String] = []
+    }
+
+    final class Tally: Sendable {
+        private let counts = Mutex(Counts())
+        func withLock<T>(_ body: (inout Counts) -> T) -> T { counts.withLock { body(&$0) } }
+    }
+
+    @Test("8 clients for 15 s, the backend killed twice: no wrong byte, only contract errors, resources back to baseline")
+    func soak() async throws {
+        let backend = try await Backend()
+        defer { backend.stop() }
+        try await withGateway(["--export", "disk=nbd+unix:///?socket=\(backend.socket)", "--request-timeout", "2"]) { gateway in
+            // Warm up, then take the baseline.
+            for client in 0..<Self.clients { try await gateway.write("disk", offset: UInt64(client * Self.blocksPerClient * Self.blockSize), [1]) }
+            let baseline = try Self.resources(gateway.process.pid)
+            let tally = Tally()
+            let deadline = ContinuousClock.now + .seconds(15)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for client in 0..<Self.clients {
+                    group.addTask { try await Self.client(client, gateway: gateway, until: deadline, tally: tally) }
+                }
+                group.addTask {
+                    for pause in [4, 5] {
+                        try await Task.sleep(for: .seconds(pause))
+                        try await backend.crash()
+                        try await Task.sleep(for: .milliseconds(700))
+                        try await backend.start()
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let result = tally.withLock { $0 }
+            print("soak: \(result.ok) right answers; contract errors \(result.contractErrors.sorted { $0.key < $1.key })")
+            #expect(result.wrong.isEmpty, "wrong answers: \(result.wrong.prefix(5))")
+            #expect(result.ok > 100, "too little got through: \(result.ok)")
+            #expect(!result.contractErrors.isEmpty, "the crashes were not seen: the test proves nothing")
+            try await gateway.expectServing("disk")
+            // Descriptors and memory settle back (idle NBD connections may stay open).
+            try await waitUntil("descriptors back near the baseline") { try Self.resources(gateway.process.pid).descriptors <= baseline.descriptors + 8 }
+            let after = try Self.resources(gateway.process.pid)
+            #expect(after.residentKiB < baseline.residentKiB + 64 * 1024, "resident memory grew from \(baseline.residentKiB) to \(after.residentKiB) KiB")
+        }
+    }
+
+    /// One client: writes a random block of its own, reads it back; an acknowledged write must
+    /// read back exactly (until the next write to that block), a failed one leaves it unknown.
+    static func client(_ client: Int, gateway: Gateway, until deadline: ContinuousClock.Instant, tally: Tally) async throws {
+        var known: [Int: [UInt8]] = [:]
+        var generator = SystemRandomNumberGenerator()
+        let allowed: Set<String> = ["backend_unreachable", "backend_error", "service_unavailable", "gateway_timeout", "bad_gateway"]
+        func note(_ response: HTTPResponse) throws -> Bool {
+            if (200..<300).contains(response.status) { return true }
+            let code = (try? response.errorObject()["code"] as? String) ?? nil
+            tally.withLock { tally in
+                if let code, allowed.contains(code) { tally.contractErrors[code, default: 0] += 1 } else { tally.wrong.append("not a contract error: \(response.summary)") }
+            }
+            return false
+        }
+        while ContinuousClock.now < deadline {
+            let block = client * blocksPerClient + Int.random(in: 0..<blocksPerClient, using: &generator)
+            let offset = block * blockSize
+            // Words of a fresh random seed plus their index: distinct each write, cheap to make.
+            let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
+            var bytes = [UInt8](repeating: 0, count: blockSize)
+            bytes.withUnsafeMutableBytes { raw in
+                for word in 0..<(blockSize / 8) { raw.storeBytes(of: seed &+ UInt64(word), toByteOffset: word * 8, as: UInt64.self) }
+            }
+            let write = try await gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=\(offset)", body: bytes), record: false)
+            known[block] = try note(write) ? bytes : nil
+            let read = try await gateway.send(HTTPRequest("GET", "/exports/disk/data", headers: [("Range", "bytes=\(offset)-\(offset + blockSize - 1)")]), record: false)
+            if try note(read) {
+                if let expected = known[block], read.body != expected || !read.complete {
+                    tally.withLock { $0.wrong.append("block \(block): read back differs from the acknowledged write") }
+                } else {
+                    tally.withLock { $0.ok += 1 }
+                }
+            }
+        }
+        // After the chaos: every acknowledged block reads back.
+        for (block, expected) in known {
+            let offset = UInt64(block * blockSize)
+            try await waitUntil("block \(block) reads back") {
+                let read = try await gateway.send(HTTPRequest("GET", "/exports/disk/data", headers: [("Range", "bytes=\(offset)-\(offset + UInt64(blockSize) - 1)")]), record: false)
+                return read.status == 206 && read.body == expected
+            }
+        }
+    }
+
+    static func resources(_ pid: pid_t) throws -> (descriptors: Int, residentKiB: Int) {
+        let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }?.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return (descriptors, rss)
+    }
+}
