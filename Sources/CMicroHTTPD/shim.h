@@ -101,4 +101,11 @@ static inline void shim_MHD_set_timeout(struct MHD_Connection *connection, unsig
     MHD_set_connection_option(connection, MHD_CONNECTION_OPTION_TIMEOUT, seconds);
 }
 
+/* The connection's socket, or -1. */
+static inline int shim_MHD_connection_fd(struct MHD_Connection *connection)
+{
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return info == NULL ? -1 : info->connect_fd;
+}
+
 #endif

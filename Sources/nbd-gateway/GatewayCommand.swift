@@ -37,7 +37,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest PUT body in bytes (413 above it; unlimited by default).") var maxBodySize: UInt64?
-    @Option(name: .customLong("header-timeout"), help: "Seconds a new connection may stay silent before its request headers are complete (10).") var headerTimeout: Int?
+    @Option(name: .customLong("header-timeout"), help: "Seconds a connection has to send a whole request header, however it drips (30).") var headerTimeout: Int?
     @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle HTTP keep-alive connection stays open (not the NBD pool's --idle-timeout).") var keepAliveTimeout: Int?
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds requests in progress get to finish after SIGTERM/SIGINT (then 503 or a cut body).") var shutdownGrace: Double?
@@ -256,7 +256,7 @@ struct GatewayCommand: AsyncParsableCommand {
             shutdownGrace: try shutdownGrace ?? envDouble("SHUTDOWN_GRACE") ?? 10,
             readRetries: try readRetries ?? envInt("READ_RETRIES") ?? 3,
             keepAliveTimeout: try keepAliveTimeout ?? envInt("KEEP_ALIVE_TIMEOUT") ?? 120,
-            headerTimeout: try headerTimeout ?? envInt("HEADER_TIMEOUT") ?? 10,
+            headerTimeout: try headerTimeout ?? envInt("HEADER_TIMEOUT") ?? 30,
             maxBodySize: try maxBodySize ?? envInt("MAX_BODY_SIZE").map { value in
                 guard value >= 0 else { throw ValidationError("NBD_GATEWAY_MAX_BODY_SIZE must not be negative") }
                 return UInt64(value)

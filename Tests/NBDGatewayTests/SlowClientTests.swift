@@ -35,4 +35,32 @@ struct SlowClientTests {
             try await gateway.expectServing("disk")
         }
     }
+
+    @Test("--header-timeout is a deadline: 50 connections dripping a header byte every 200 ms are closed after it")
+    func drippingHeaders() async throws {
+        try await withNBDKitGateway(["memory", "size=1M"], gatewayArguments: ["--header-timeout", "2", "--keep-alive-timeout", "30"]) { gateway, _ in
+            let port = gateway.port
+            try await blockingPool.runIfActive {
+                var open = try (0..<50).map { _ in try RawHTTP.Connection(port: port, timeoutSeconds: 1) }
+                let started = ContinuousClock.now
+                _ = open.map { $0.write(Array("GET /healthz HTTP/1.1\r\nX-Slow: ".utf8)) }
+                // Each round every connection sends one more byte; a closed one fails its write.
+                while !open.isEmpty && ContinuousClock.now - started < .seconds(10) {
+                    Thread.sleep(forTimeInterval: 0.2)  // The drip rate itself, not a wait for the gateway.
+                    open = open.filter { connection in
+                        if connection.write([UInt8(ascii: "a")]) { return true }
+                        connection.close()
+                        return false
+                    }
+                }
+                let took = ContinuousClock.now - started
+                #expect(open.isEmpty, "\(open.count) dripping connections were still open after \(took)")
+                #expect(took < .seconds(6), "closed only after \(took)")
+                for connection in open { connection.close() }
+            }
+            let metrics = try await gateway.get("/metrics").text
+            #expect(metrics.contains("nbd_gateway_header_timeouts_total 50"), "\(metrics.split(separator: "\n").filter { $0.contains("header") })")
+            try await gateway.expectServing("disk")
+        }
+    }
 }

@@ -10,9 +10,9 @@ public struct HTTPServerConfiguration: Sendable {
     public var connectionMemoryLimit: Int
     /// Seconds an idle keep-alive connection stays open.
     public var connectionTimeout: Int
-    /// Seconds a new connection may stay silent before its request headers are complete
-    /// (slow or stuck clients hold no slot for the whole keep-alive timeout).
-    public var headerTimeout: Int = 10
+    /// Seconds a connection has to send a whole request header, a deadline however slowly it
+    /// drips (slow or stuck clients hold no slot for long).
+    public var headerTimeout: Int = 30
     /// Largest request header section accepted (answered 431 above it).
     public var maximumHeaderBytes: Int
     /// How long requests in progress may take to finish once shutdown begins; after it, those

@@ -173,7 +173,15 @@ public final class MicroHTTPDServer: Sendable {
     /// period (the gateway closes their NBD connections without waiting for replies).
     public func run(onListening: (Int) -> Void, onGraceExpired: @escaping @Sendable () async -> Void) async throws {
         onListening(try start())
+        let deadlines = core.headerDeadlines
+        let sweeper = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                deadlines.sweep(now: .now)
+            }
+        }
         try? await gracefulShutdown()
+        sweeper.cancel()
         await shutdown(onGraceExpired: onGraceExpired)
     }
 
@@ -247,7 +255,8 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
 
 /// Headers are complete: build the request and let the machine decide how it starts.
 private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: String, method: String) -> (RequestContext, MHD_Result) {
-    // From here on the connection is idle only between requests: the keep-alive timeout.
+    // The header is complete: from here on the connection is idle only between requests.
+    core.headerDeadlines.clear(connection: Int(bitPattern: UnsafeMutableRawPointer(connection)))
     if core.configuration.headerTimeout != core.configuration.connectionTimeout {
         shim_MHD_set_timeout(connection, UInt32(core.configuration.connectionTimeout))
     }
@@ -434,9 +443,17 @@ private let releaseContext: MHD_ContentReaderFreeCallback = { cls in
     Unmanaged<RequestContext>.fromOpaque(cls).release()
 }
 
-private let requestCompleted: MHD_RequestCompletedCallback = { cls, _, contextPointer, _ in
+private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, contextPointer, _ in
     guard let cls, let contextPointer, let pointer = contextPointer.pointee else { return }
     let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
+    if let connection {
+        // The next request's header: within the keep-alive wait plus the header timeout.
+        let configuration = core.configuration
+        core.headerDeadlines.expect(
+            connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), socket: shim_MHD_connection_fd(connection),
+            by: .now + .seconds(configuration.connectionTimeout + configuration.headerTimeout)
+        )
+    }
     let context = Unmanaged<RequestContext>.fromOpaque(pointer).takeRetainedValue()
     contextPointer.pointee = nil
     context.complete()
@@ -486,10 +503,15 @@ private let connectionNotified: MHD_NotifyConnectionCallback = { cls, connection
     switch event {
     case MHD_ConnectionNotificationCode(rawValue: 0):  // MHD_CONNECTION_NOTIFY_STARTED
         shim_MHD_set_timeout(connection, UInt32(core.configuration.headerTimeout))
+        core.headerDeadlines.expect(
+            connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), socket: shim_MHD_connection_fd(connection),
+            by: .now + .seconds(core.configuration.headerTimeout)
+        )
         if core.connectionLimits != nil {
             socketContext.pointee = Unmanaged.passRetained(ClientKey(peerAddress(connection))).toOpaque()
         }
     case MHD_ConnectionNotificationCode(rawValue: 1):  // MHD_CONNECTION_NOTIFY_CLOSED
+        core.headerDeadlines.clear(connection: Int(bitPattern: UnsafeMutableRawPointer(connection)))
         guard let limits = core.connectionLimits, let pointer = socketContext.pointee else { return }
         socketContext.pointee = nil
         limits.closed(client: Unmanaged<ClientKey>.fromOpaque(pointer).takeRetainedValue().address)

@@ -134,6 +134,8 @@ final class ServerCore: Sendable {
     let control: ConnectionControl
     /// Requests between their headers and their completion.
     let liveRequests = ActivityCounter()
+    /// Connections that must finish a request header by a deadline (`--header-timeout`).
+    let headerDeadlines = HeaderDeadlines()
     /// `--max-connections` and `--max-connections-per-client`; nil when neither is set.
     let connectionLimits: ConnectionLimits?
     /// The peer's address is needed (access log, trusted proxies, HTTPS next to a Unix socket).
