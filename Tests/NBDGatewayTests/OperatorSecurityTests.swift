@@ -82,6 +82,30 @@ struct OperatorSecurityTests {
         }
     }
 
+    @Test("a bad auth file, certificate or proxy address is refused at start, with the reason, before listening")
+    func refusedAtStart() async throws {
+        let directory = try Tools.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let badTokens = directory.appendingPathComponent("tokens")
+        try "reader-7f3a-0001 ro disk\nshort rw *\n".write(to: badTokens, atomically: true, encoding: .utf8)
+        let notPEM = directory.appendingPathComponent("cert.pem")
+        try "not a certificate\n".write(to: notPEM, atomically: true, encoding: .utf8)
+        let cases: [([String], String)] = [
+            (["--auth-file", badTokens.path], "line 2: a token must be at least 8 characters"),
+            (["--auth-file", directory.appendingPathComponent("missing").path], "cannot read the auth file"),
+            (["--https-cert", notPEM.path, "--https-key", notPEM.path], "holds no PEM certificate"),
+            (["--https-cert", notPEM.path], "--https-cert and --https-key go together"),
+            (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy takes an address or ADDRESS/BITS"),
+            (["--cors-origin", "dash.example"], "--cors-origin takes * or an origin"),
+            (["--base-path", "nbd/"], "--base-path must start with /"),
+        ]
+        for (arguments, reason) in cases {
+            let result = try await runProcess(try Paths.gatewayBinary(), ["--port", "0", "--export", "disk=nbd://127.0.0.1:9/"] + arguments, timeout: .seconds(20), check: false)
+            #expect(result.status != 0 && result.stderrText.contains(reason), "\(arguments): \(result.status) \(result.stderrText)")
+            #expect(!result.stdoutText.contains("listening on"), "\(arguments) started listening")
+        }
+    }
+
     @Test("the client address: from a trusted proxy the rightmost untrusted X-Forwarded-For hop; from anyone else the socket's")
     func trustedProxies() async throws {
         let directory = try Tools.temporaryDirectory()
