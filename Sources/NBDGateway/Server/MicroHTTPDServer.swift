@@ -241,11 +241,12 @@ private let connectionControl = ConnectionControl(
     resume: { address in connectionPointer(address).map { MHD_resume_connection($0) } }
 )
 
-private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadDataSize, contextPointer in
+private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, method, version, uploadData, uploadDataSize, contextPointer in
     guard let cls, let connection, let url, let method, let uploadDataSize, let contextPointer else { return .NO }
     let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
     guard let existing = contextPointer.pointee else {
-        let (context, result) = firstCall(core, connection, url: String(cString: url), method: String(cString: method))
+        let isHTTP11 = version.map { strcmp($0, "HTTP/1.1") == 0 } ?? false
+        let (context, result) = firstCall(core, connection, url: String(cString: url), method: String(cString: method), requiresHost: isHTTP11)
         contextPointer.pointee = Unmanaged.passRetained(context).toOpaque()
         return result
     }
@@ -254,7 +255,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
 }
 
 /// Headers are complete: build the request and let the machine decide how it starts.
-private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: String, method: String) -> (RequestContext, MHD_Result) {
+private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: String, method: String, requiresHost: Bool) -> (RequestContext, MHD_Result) {
     // The header is complete: from here on the connection is idle only between requests.
     core.headerDeadlines.clear(connection: Int(bitPattern: UnsafeMutableRawPointer(connection)))
     if core.configuration.headerTimeout != core.configuration.connectionTimeout {
@@ -290,6 +291,9 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     let start: RequestContext.Machine.Start
     if rawPath == nil {
         start = .refuse(refusingBody(GatewayError.notFound(fullPath).response(requestID: request.requestID), of: request))
+    } else if requiresHost && request.header("Host") == nil {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+        start = .refuse(refusingBody(GatewayError.badRequest("an HTTP/1.1 request needs a Host header").response(requestID: request.requestID), of: request))
     } else if collected.bytes > core.configuration.maximumHeaderBytes {
         start = .refuse(refusingBody(GatewayError.headerTooLarge("request headers exceed \(core.configuration.maximumHeaderBytes) bytes").response(requestID: request.requestID), of: request))
     } else if core.isShuttingDown {
