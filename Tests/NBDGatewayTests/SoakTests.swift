@@ -4,7 +4,8 @@ import Synchronization
 import Testing
 
 /// Bounded soak: 8 clients write and read back their own blocks for 15 s while the NBD server
-/// is killed (SIGKILL) and restarted twice. Every answer is either right or the contract's JSON
+/// is killed (SIGKILL) and restarted twice; `/readyz` is polled throughout. The long variant:
+/// `SOAK_SECONDS=600 swift test --filter SoakTests` (memory and descriptors sampled each minute). Every answer is either right or the contract's JSON
 /// error, never wrong bytes; afterwards the gateway serves, every block acknowledged last reads
 /// back, and its descriptors and memory are back near where they started.
 @Suite("Soak: load through backend crashes", .timeLimit(.minutes(2)))
@@ -63,7 +64,15 @@ struct SoakTests {
         func withLock<T>(_ body: (inout Counts) -> T) -> T { counts.withLock { body(&$0) } }
     }
 
-    @Test("8 clients for 15 s, the backend killed twice: no wrong byte, only contract errors, resources back to baseline")
+    /// How long the load runs (the long variant sets SOAK_SECONDS).
+    static let seconds = ProcessInfo.processInfo.environment["SOAK_SECONDS"].flatMap(Int.init) ?? 15
+
+    final class Readiness: Sendable {
+        let statuses = Mutex<[Int]>([])
+        let samples = Mutex<[(descriptors: Int, residentKiB: Int)]>([])
+    }
+
+    @Test("8 clients for 15 s, the backend killed twice: no wrong byte, only contract errors, /readyz truthful, resources back to baseline")
     func soak() async throws {
         let backend = try await Backend()
         defer { backend.stop() }
@@ -72,20 +81,47 @@ struct SoakTests {
             for client in 0..<Self.clients { try await gateway.write("disk", offset: UInt64(client * Self.blocksPerClient * Self.blockSize), [1]) }
             let baseline = try Self.resources(gateway.process.pid)
             let tally = Tally()
-            let deadline = ContinuousClock.now + .seconds(15)
+            let readiness = Readiness()
+            let deadline = ContinuousClock.now + .seconds(Self.seconds)
+            let pid = gateway.process.pid
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for client in 0..<Self.clients {
                     group.addTask { try await Self.client(client, gateway: gateway, until: deadline, tally: tally) }
                 }
                 group.addTask {
-                    for pause in [4, 5] {
+                    // Crashes at about 1/4 and 2/3 of the run (4 s and 10 s of the short one).
+                    for pause in [Self.seconds / 4, Self.seconds * 2 / 3 - Self.seconds / 4 - 1] {
                         try await Task.sleep(for: .seconds(pause))
                         try await backend.crash()
                         try await Task.sleep(for: .milliseconds(700))
                         try await backend.start()
                     }
                 }
+                group.addTask {
+                    // /readyz throughout, and resources each minute.
+                    var nextSample = ContinuousClock.now
+                    while ContinuousClock.now < deadline {
+                        let ready = try await gateway.send(HTTPRequest("GET", "/readyz"), record: false)
+                        readiness.statuses.withLock { $0.append(ready.status) }
+                        if ContinuousClock.now >= nextSample {
+                            let sample = try Self.resources(pid)
+                            readiness.samples.withLock { $0.append(sample) }
+                            nextSample += .seconds(60)
+                        }
+                        try await Task.sleep(for: .milliseconds(200))
+                    }
+                }
                 try await group.waitForAll()
+            }
+            let statuses = readiness.statuses.withLock { $0 }
+            #expect(statuses.contains(503), "/readyz never said the backend was down")
+            #expect(Set(statuses).isSubset(of: [200, 503]), "\(Set(statuses))")
+            try await waitUntil("/readyz says ready again") { try await gateway.send(HTTPRequest("GET", "/readyz"), record: false).status == 200 }
+            let samples = readiness.samples.withLock { $0 }
+            print("soak: resources each minute (descriptors, resident KiB): \(samples.map { "(\($0.descriptors), \($0.residentKiB))" }.joined(separator: " "))")
+            if samples.count >= 3 {
+                let resident = samples.dropFirst().map(\.residentKiB)
+                #expect((resident.max() ?? 0) - (resident.min() ?? 0) < 32 * 1024, "resident memory not flat: \(resident)")
             }
             let result = tally.withLock { $0 }
             print("soak: \(result.ok) right answers; contract errors \(result.contractErrors.sorted { $0.key < $1.key })")
