@@ -96,6 +96,11 @@ public struct NBDURI: Hashable, Sendable, CustomStringConvertible {
             host = authority
         }
         guard !host.isEmpty else { throw invalid("missing host") }
+        // Brackets only around an IPv6 literal (found by fuzzing: "nbd://[[1]/" printed as a
+        // different URI than it parsed from).
+        guard !host.contains("[") && !host.contains("]"), !authority.hasPrefix("[") || host.contains(":") else {
+            throw invalid("bad host \"\(host)\"")
+        }
         guard (1...65535).contains(port) else { throw invalid("port out of range") }
         transport = .tcp(host: String(host), port: port)
     }

@@ -68,6 +68,9 @@ struct URITests {
         "nbd:///disk",  // missing host
         "nbd://:10809/disk",  // missing host
         "nbd://[]:10809/disk",  // empty IPv6 host
+        "nbd://[[1]/a",  // a bracket inside the brackets (found by FuzzURI)
+        "nbd://[host]/a",  // brackets around something not IPv6
+        "nbd://ho]st/a",  // a bracket in a plain host
         "nbd://h/%zz",  // bad percent-encoding
         "nbd://h/%4",  // truncated escape
         "nbd://h/%",  // truncated escape
