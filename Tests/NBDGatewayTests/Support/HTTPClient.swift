@@ -156,6 +156,9 @@ enum RawHTTP {
             Glibc.close(fd)
         }
 
+        /// Half-closes: the server reads end of stream, and can still answer.
+        func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
         /// Writes everything; false when the peer is gone (no SIGPIPE: MSG_NOSIGNAL).
         @discardableResult
         func write(_ bytes: [UInt8]) -> Bool {
