@@ -285,7 +285,7 @@ private func firstCall(_ core: ServerCore, _ connection: OpaquePointer, url: Str
     if !core.configuration.trustedProxies.networks.isEmpty { received.isFromTrustedProxy = core.configuration.trustedProxies.trusts(peer) }
     let request = received
     let client = core.configuration.accessLog == nil ? "" : core.configuration.trustedProxies.client(peer: peer, forwardedFor: request.header("X-Forwarded-For"))
-    let context = RequestContext(request: request, connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), core: core, client: client)
+    let context = RequestContext(request: request, connection: Int(bitPattern: UnsafeMutableRawPointer(connection)), core: core, client: client, path: fullPath)
     core.register(context)
 
     let start: RequestContext.Machine.Start
@@ -462,7 +462,7 @@ private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, 
     contextPointer.pointee = nil
     context.complete()
     core.unregister(context)
-    if let log = core.configuration.accessLog { log.write(context.accessLogEntry(basePath: core.configuration.basePath)) }
+    if let log = core.configuration.accessLog { log.write(context.accessLogEntry()) }
 }
 
 // MARK: - Connections: limits and peer addresses

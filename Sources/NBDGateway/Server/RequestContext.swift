@@ -32,15 +32,17 @@ final class RequestContext: Sendable {
     let connection: Int
     private let locked = Mutex(Locked())
     private let core: ServerCore
-    /// For the access log: who asked, when, and what went each way.
+    /// For the access log: who asked, for what path as sent, when, and what went each way.
     let client: String
+    let path: String
     private let startedAt = WallClock.now
     private let started = ContinuousClock.now
     private let statusCode = Atomic<Int>(0)
     private let bytesIn = Atomic<UInt64>(0)
     private let bytesOut = Atomic<UInt64>(0)
 
-    init(request: GatewayRequest, connection: Int, core: ServerCore, client: String = "") {
+    init(request: GatewayRequest, connection: Int, core: ServerCore, client: String = "", path: String? = nil) {
+        self.path = path ?? request.rawPath
         self.request = request
         self.connection = connection
         self.core = core
@@ -57,10 +59,10 @@ final class RequestContext: Sendable {
     func sent(_ count: Int) { bytesOut.add(UInt64(count), ordering: .relaxed) }
 
     /// The access-log line of the finished request.
-    func accessLogEntry(basePath: String) -> AccessLogEntry {
+    func accessLogEntry() -> AccessLogEntry {
         let elapsed = ContinuousClock.now - started
         return AccessLogEntry(
-            time: startedAt, method: request.method, path: basePath + request.rawPath, status: status,
+            time: startedAt, method: request.method, path: path, status: status,
             bytesIn: bytesIn.load(ordering: .relaxed), bytesOut: bytesOut.load(ordering: .relaxed),
             durationSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
             requestID: request.requestID, export: Route.parse(request.rawPath).flatMap { try? $0.exportName() },
