@@ -13,7 +13,7 @@ struct BrowserTests {
         let token = "browser-token-0123"
         let tokens = directory.appendingPathComponent("tokens")
         try "\(token) rw *\n".write(to: tokens, atomically: true, encoding: .utf8)
-        let allowedOriginPort = try freePort()
+        let allowedOriginPort = try await Tools.freePort()
         // Kept after the run, as the test's artifacts.
         let screenshots = Paths.repository.appendingPathComponent(".build/test-artifacts/disk-browser")
         try? FileManager.default.removeItem(at: screenshots)

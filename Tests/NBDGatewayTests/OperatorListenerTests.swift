@@ -123,7 +123,7 @@ struct OperatorListenerTests {
     @Test("systemd socket activation: served on the socket it is given (LISTEN_FDS), not on --host/--port")
     func socketActivation() async throws {
         try await withServer({ try await Servers.nbdkit(["memory", "size=1M"]) }) { server in
-            let port = try freePort()
+            let port = try await Tools.freePort()
             let activator = try BackgroundProcess(
                 try Tools.path("systemd-socket-activate"),
                 ["-l", "127.0.0.1:\(port)", try Paths.gatewayBinary(), "--port", "1", "--export", "disk=\(server.uri)"],
@@ -169,19 +169,4 @@ struct OperatorListenerTests {
             }
         }
     }
-}
-
-/// A TCP port free on 127.0.0.1 a moment ago (bound to 0 and closed).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let result = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard result else { throw TestFailure("cannot find a free port: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }

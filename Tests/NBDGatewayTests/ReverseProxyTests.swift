@@ -14,7 +14,7 @@ struct ReverseProxyTests {
 
         init(upstreams: [Int], tlsCA: String? = nil) async throws {
             directory = try Tools.temporaryDirectory()
-            port = try freePort()
+            port = try await Tools.freePort()
             var site = try String(contentsOf: Paths.repository.appendingPathComponent("deploy/nginx-reverse-proxy.conf"), encoding: .utf8)
             func replaceLine(_ placeholder: String, with text: String) throws {
                 let lines = site.split(separator: "\n", omittingEmptySubsequences: false)
