@@ -3,7 +3,7 @@ import NBDTestSupport
 import Testing
 
 /// `--backend` servers: listing, its refusals, several backends, readiness.
-@Suite("Backends: listing (refused, unsupported, several servers) and readiness", .timeLimit(.minutes(1)))
+@Suite("Backends: listing (refused, unsupported, several servers) and readiness", .timeLimit(.minutes(3)))
 struct BackendListingTests {
     @Test("nbd-server refusing to list: 403 listing_refused (NBD_REP_ERR_POLICY); its exports are still served")
     func listingRefused() async throws {

@@ -43,7 +43,7 @@ struct CORSPolicyTests {
     }
 }
 
-@Suite("CORS and the page through the binary", .timeLimit(.minutes(1)))
+@Suite("CORS and the page through the binary", .timeLimit(.minutes(3)))
 struct CORSAndPageTests {
     static let dashboard = "http://127.0.0.1:9000"
 

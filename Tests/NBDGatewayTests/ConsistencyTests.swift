@@ -5,7 +5,7 @@ import Testing
 /// "A 2xx answer means every NBD write it caused was acknowledged, and is visible to any later
 /// GET through the gateway, on whichever pooled connection serves it": many writers on separate
 /// HTTP connections, each reading its block back on another connection right after its answer.
-@Suite("Consistency: concurrent PUTs read back what was acknowledged", .timeLimit(.minutes(1)))
+@Suite("Consistency: concurrent PUTs read back what was acknowledged", .timeLimit(.minutes(3)))
 struct ConsistencyTests {
     struct Backend: Sendable, CustomTestStringConvertible {
         var name: String

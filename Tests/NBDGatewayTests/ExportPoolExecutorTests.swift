@@ -11,7 +11,7 @@ import Testing
 /// The pool's executor against real servers, with leases held open by the test (not by a delay
 /// filter) and time moved by hand: spreading, cancellation of a parked lease, idle closing at
 /// the idle timeout, retiring on ESHUTDOWN.
-@Suite("ExportPool: the state machine's executor against real servers", .timeLimit(.minutes(1)))
+@Suite("ExportPool: the state machine's executor against real servers", .timeLimit(.minutes(3)))
 struct ExportPoolExecutorTests {
     /// A clock the test moves.
     final class ManualClock: PoolClock {

@@ -5,7 +5,7 @@ import Testing
 
 /// Every error the contract lists that a client or a backend can provoke, each followed by a
 /// check that the gateway still serves.
-@Suite("HTTP errors: routing, syntax, unknown exports, backend failures", .timeLimit(.minutes(1)))
+@Suite("HTTP errors: routing, syntax, unknown exports, backend failures", .timeLimit(.minutes(3)))
 struct HTTPErrorTests {
     static let memory = ["memory", "size=1M"]
 

@@ -4,7 +4,7 @@ import Testing
 
 /// Reads through the real gateway binary, over nbdkit's pattern plugin (each 8-byte word holds
 /// its offset, so every byte is known) and memory plugin.
-@Suite("HTTP reads: GET, byte ranges, HEAD, OPTIONS, metadata", .timeLimit(.minutes(1)))
+@Suite("HTTP reads: GET, byte ranges, HEAD, OPTIONS, metadata", .timeLimit(.minutes(3)))
 struct HTTPReadTests {
     static let size = 1 << 20
     static let pattern = ["pattern", "size=1M"]

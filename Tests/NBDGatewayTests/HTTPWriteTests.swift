@@ -3,7 +3,7 @@ import NBDTestSupport
 import Testing
 
 /// Writes (PUT) and the commands (trim, zero, flush) through the real gateway over nbdkit.
-@Suite("HTTP writes: PUT forms, refusals before the body, trim, zero, flush", .timeLimit(.minutes(1)))
+@Suite("HTTP writes: PUT forms, refusals before the body, trim, zero, flush", .timeLimit(.minutes(3)))
 struct HTTPWriteTests {
     static let size: UInt64 = 1 << 20
     static let memory = ["memory", "size=1M"]

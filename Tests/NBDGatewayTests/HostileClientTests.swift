@@ -3,7 +3,7 @@ import NBDTestSupport
 import Testing
 
 /// Clients that hold the gateway's resources without playing along.
-@Suite("Hostile clients", .timeLimit(.minutes(1)))
+@Suite("Hostile clients", .timeLimit(.minutes(3)))
 struct HostileClientTests {
     @Test("8 clients that ask for a 256 MiB disk and never read: memory stays bounded, others are served at once, all is released when they go")
     func clientsThatNeverRead() async throws {

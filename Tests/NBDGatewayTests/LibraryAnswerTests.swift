@@ -5,7 +5,7 @@ import Testing
 /// Requests libmicrohttpd refuses before the gateway sees them. Version 0.9.75 offers no hook
 /// for these answers: they are its own (HTML, `Connection: close`, no `X-Request-Id`), as
 /// openapi.yaml documents. Each is tested for its exact status, and the gateway serves on.
-@Suite("Answers libmicrohttpd makes itself", .timeLimit(.minutes(1)))
+@Suite("Answers libmicrohttpd makes itself", .timeLimit(.minutes(3)))
 struct LibraryAnswerTests {
     static func statusLine(_ bytes: [UInt8]) -> String {
         String(decoding: bytes.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)

@@ -4,7 +4,7 @@ import Testing
 
 /// HTTPS, connection limits, the base path, the Unix socket, socket activation and TLS to NBD
 /// servers, through the real binary.
-@Suite("Operators: HTTPS, limits, base path, Unix socket, socket activation, nbds://", .timeLimit(.minutes(2)))
+@Suite("Operators: HTTPS, limits, base path, Unix socket, socket activation, nbds://", .timeLimit(.minutes(3)))
 struct OperatorListenerTests {
     @Test("HTTPS: curl reads and writes byte-exact; plain HTTP gets a closed connection; SIGHUP serves a new certificate to new connections, a bad one is refused")
     func https() async throws {

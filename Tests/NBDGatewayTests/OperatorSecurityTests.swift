@@ -3,7 +3,7 @@ import NBDTestSupport
 import Testing
 
 /// Tokens, the access log and trusted proxies through the real binary, over nbdkit.
-@Suite("Operators: tokens, reloads, access log, trusted proxies", .timeLimit(.minutes(2)))
+@Suite("Operators: tokens, reloads, access log, trusted proxies", .timeLimit(.minutes(3)))
 struct OperatorSecurityTests {
     static let reader = "reader-7f3a-0001"
     static let writer = "writer-2c1d-0002"

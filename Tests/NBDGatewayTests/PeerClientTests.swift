@@ -3,7 +3,7 @@ import NBDTestSupport
 import Testing
 
 /// HTTP clients nobody here wrote: curl, qemu-img's curl driver, nbdkit's curl plugin.
-@Suite("Real clients: curl, qemu-img, nbdkit's curl plugin with nbdcopy", .timeLimit(.minutes(1)))
+@Suite("Real clients: curl, qemu-img, nbdkit's curl plugin with nbdcopy", .timeLimit(.minutes(3)))
 struct PeerClientTests {
     @Test("curl: -r ranges, multi-range, -T uploads with ?offset, HEAD")
     func curl() async throws {

@@ -5,7 +5,7 @@ import Testing
 /// Reads that fail now and then (nbdkit's error filter: EIO on 3% of reads) are read again
 /// from the first byte not yet sent: downloads complete byte-exact; with `--read-retries 0`
 /// the same disk cuts them short.
-@Suite("Read retries over a flaky backend", .timeLimit(.minutes(2)))
+@Suite("Read retries over a flaky backend", .timeLimit(.minutes(3)))
 struct ReadRetryTests {
     static let size = 64 << 20
     static let flaky = ["--filter=error", "pattern", "size=64M", "error=EIO", "error-pread-rate=3%"]

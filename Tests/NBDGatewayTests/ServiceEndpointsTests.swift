@@ -2,7 +2,7 @@ import Foundation
 import NBDTestSupport
 import Testing
 
-@Suite("Service endpoints: /healthz, /readyz, /metrics, /openapi.yaml; the CLI", .timeLimit(.minutes(1)))
+@Suite("Service endpoints: /healthz, /readyz, /metrics, /openapi.yaml; the CLI", .timeLimit(.minutes(3)))
 struct ServiceEndpointsTests {
     @Test("/healthz and /readyz answer 200 with their JSON")
     func healthAndReadiness() async throws {

@@ -6,7 +6,7 @@ import Testing
 /// then answers them as the contract says (503 before the status line), closes their NBD
 /// connections without waiting for replies, and exits 0 (libmicrohttpd aborts the process if
 /// its daemon is stopped while a connection is suspended: it must never be).
-@Suite("Shutdown: SIGTERM with requests suspended on a slow backend", .timeLimit(.minutes(1)))
+@Suite("Shutdown: SIGTERM with requests suspended on a slow backend", .timeLimit(.minutes(3)))
 struct ShutdownTests {
     @Test("32 reads held 30 s by the backend: 503 each after the grace period, exit 0 within grace + 2 s")
     func sigtermWithSuspendedRequests() async throws {

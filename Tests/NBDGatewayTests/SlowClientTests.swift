@@ -3,7 +3,7 @@ import NBDTestSupport
 import Testing
 
 /// Clients that hold connections without finishing a request.
-@Suite("Slow and stuck clients", .timeLimit(.minutes(1)))
+@Suite("Slow and stuck clients", .timeLimit(.minutes(3)))
 struct SlowClientTests {
     @Test("--header-timeout: 100 connections stuck in their request line are closed after it; an idle keep-alive connection stays")
     func headerTimeout() async throws {

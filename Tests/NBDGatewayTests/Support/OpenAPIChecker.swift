@@ -8,10 +8,24 @@ import NBDTestSupport
 enum OpenAPIChecker {
     /// Runs the checker on `entries`; returns one line per problem (empty: all conform).
     static func check(_ entries: [RecordedResponse]) async throws -> [String] {
+        try await checkEach(entries).flatMap { $0 }
+    }
+
+    /// The problems of each entry apart, from one run of the script (one Python start per
+    /// batch: under a loaded test run a start costs seconds).
+    static func checkEach(_ entries: [RecordedResponse]) async throws -> [[String]] {
         let lines = try entries.map { entry -> String in
             String(decoding: try JSONSerialization.data(withJSONObject: entry.jsonObject), as: UTF8.self)
         }
-        return try await run(mode: "check", input: lines.joined(separator: "\n") + "\n")
+        var problems = Array(repeating: [String](), count: entries.count)
+        for line in try await run(mode: "check", input: lines.joined(separator: "\n") + "\n") {
+            let parts = line.split(separator: "\t", maxSplits: 1)
+            guard parts.count == 2, let index = Int(parts[0]), problems.indices.contains(index) else {
+                throw TestFailure("the OpenAPI checker printed an unexpected line: \(line)")
+            }
+            problems[index].append(String(parts[1]))
+        }
+        return problems
     }
 
     /// `METHOD /path/template` for every operation of the contract.
@@ -106,8 +120,8 @@ for number, line in enumerate(open(records_path)):
                 return value
         return None
 
-    def problem(text):
-        problems.append("%s: %s" % (where, text))
+    def problem(text, number=number):
+        problems.append((number, "%s: %s" % (where, text)))
 
     request_id = header("X-Request-Id")
     if request_id is None or not (1 <= len(request_id) <= 128):
@@ -224,8 +238,8 @@ for number, line in enumerate(open(records_path)):
         elif header("Content-Range") is None:
             problem("single-range 206 without Content-Range")
 
-for text in problems:
-    print(text)
+for number, text in problems:
+    print("%d\t%s" % (number, text))
 sys.exit(1 if problems else 0)
 """#
 }
