@@ -1,4 +1,5 @@
 import NIOCore
+import NBDProtocol
 
 extension NBDClient {
     /// Reads `length` bytes from `offset` in order, with up to `window` reads of `chunkSize`
@@ -6,8 +7,12 @@ extension NBDClient {
     /// been handed over. Memory stays bounded by `window * chunkSize`; the pieces are the
     /// received slices themselves (no copy into one buffer per chunk). Chunks end on absolute
     /// multiples of `chunkSize`, so they stay aligned whatever the starting offset.
+    ///
+    /// A chunk whose reply is an EIO error is read again, up to `retry.attempts` times, on
+    /// this connection. A lost or timed-out connection ends the stream: the caller goes on
+    /// from the last byte consumed on a new connection (`nbd read` does, with `NBDReadRetry`).
     public func readStream(
-        at offset: UInt64, length: UInt64, chunkSize: Int = 1 << 20, window: Int = 4,
+        at offset: UInt64, length: UInt64, chunkSize: Int = 1 << 20, window: Int = 4, retry: NBDReadRetry = .none,
         consume: (ByteBuffer) async throws -> Void
     ) async throws {
         guard length > 0 else { return }
@@ -22,7 +27,12 @@ extension NBDClient {
                 let start = nextOffset
                 let count = Int(min(chunk - start % chunk, end - start))
                 let index = nextIndex
-                group.addTask { (index, try await self.readSlices(at: start, length: count)) }
+                group.addTask {
+                    let slices = try await retry.run(progress: { 0 }, retryable: { $0.errno == .EIO }) {
+                        try await self.readSlices(at: start, length: count)
+                    }
+                    return (index, slices)
+                }
                 nextOffset += UInt64(count)
                 nextIndex += 1
             }

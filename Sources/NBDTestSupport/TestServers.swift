@@ -258,3 +258,14 @@ public func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
         return UInt8(truncatingIfNeeded: word >> shift)
     }
 }
+
+/// Polls `condition` every 50 ms for up to `seconds`: waiting on what a process does, not a
+/// fixed sleep.
+public func waitUntil(_ what: @autoclosure () -> String, seconds: Int = 10, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw TestFailure("\(what()): not within \(seconds) s")
+}

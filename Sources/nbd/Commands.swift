@@ -66,10 +66,12 @@ struct ReadCommand: AsyncParsableCommand {
     @Option(help: "Bytes to read (default: to the end).") var length: UInt64?
     @Option(name: [.short, .customLong("output")], help: "Output file (default: stdout).") var output: String?
     @Flag(help: "Show a progress bar on a terminal.") var progress = false
+    @Option(name: .customLong("read-retries"), help: "Attempts after a transient failure (EIO, a lost connection, a timeout), from the first byte not yet written.")
+    var readRetries = 3
 
     func run() async throws {
         try await reportingErrors {
-            let client = try await connection.connect()
+            var client = try await connection.connect()
             do {
                 guard offset <= client.size else {
                     throw NBDError(.outOfBounds, "offset \(offset) is past the end of the export (size \(client.size))")
@@ -77,9 +79,21 @@ struct ReadCommand: AsyncParsableCommand {
                 let total = length ?? (client.size - offset)
                 let sink = try await OutputFile.open(output)
                 let bar = ProgressBar(enabled: progress, total: total)
-                try await client.readStream(at: offset, length: total, chunkSize: 4 << 20, window: 8) { buffer in
-                    try await sink.write(buffer)
-                    bar.advance(by: UInt64(buffer.readableBytes))
+                let retry = NBDReadRetry(attempts: readRetries)
+                // EIO replies are read again inside readStream; a lost connection is replaced
+                // here and the read goes on from the first byte not yet written out.
+                var position = offset
+                let end = offset + total
+                try await retry.run(progress: { position }, retryable: NBDReadRetry.needsNewConnection) {
+                    if !client.isActive {
+                        await client.disconnect()
+                        client = try await connection.connect()
+                    }
+                    try await client.readStream(at: position, length: end - position, chunkSize: 4 << 20, window: 8, retry: retry) { buffer in
+                        try await sink.write(buffer)
+                        position += UInt64(buffer.readableBytes)
+                        bar.advance(by: UInt64(buffer.readableBytes))
+                    }
                 }
                 try await sink.close()
                 bar.finish()

@@ -128,13 +128,3 @@ struct OperatorSecurityTests {
         }
     }
 }
-
-/// Polls `condition` every 50 ms for up to 10 s: waiting on what the gateway does, not a fixed sleep.
-func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(10)
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    throw TestFailure("\(what): not within 10 s")
-}

@@ -16,7 +16,12 @@ public protocol NBDBlockDevice: Sendable {
     func blockStatus(at offset: UInt64, length: UInt64) async throws -> [NBDExtent]
 }
 
-extension NBDClient: NBDBlockDevice {}
+extension NBDClient: NBDBlockDevice {
+    /// The gateway retries around the whole stream (`NBDReadRetry` in the routes), never per chunk.
+    public func readStream(at offset: UInt64, length: UInt64, chunkSize: Int, window: Int, consume: (ByteBuffer) async throws -> Void) async throws {
+        try await readStream(at: offset, length: length, chunkSize: chunkSize, window: window, retry: .none, consume: consume)
+    }
+}
 
 /// One export as the routes use it: what it negotiated, and connections to run commands on.
 /// `ExportPool` is the real one.

@@ -68,10 +68,10 @@ extension GatewayRoutes {
 
     /// A body reading `parts` (each preceded by its multipart header, if any) on a pooled
     /// connection. A read that fails with a transient error is read again from the first byte
-    /// not yet sent (see `ReadRetry`); the body is cut only when the retries are used up.
+    /// not yet sent (see `NBDReadRetry`); the body is cut only when the retries are used up.
     private func stream(_ pool: Catalog.Export, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
         let chunkSize = settings.readChunkSize
-        let retry = ReadRetry(attempts: settings.readRetries)
+        let retry = NBDReadRetry(attempts: settings.readRetries)
         return ResponseBodyStream(highWater: 4 * chunkSize) { body in
             for (range, header) in parts {
                 if let header { try await body.write(header) }

@@ -165,12 +165,12 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         try await answeringNBDErrors(pool, info, writing: writing) { try await pool.withClient(body) }
     }
 
-    /// `withClient` for a read, retried after transient failures (see `ReadRetry`).
+    /// `withClient` for a read, retried after transient failures (see `NBDReadRetry`).
     func withReadRetries<T: Sendable>(
         _ pool: Catalog.Export, _ info: NBDExportInfo, _ body: (Catalog.Export.Device) async throws -> T
     ) async throws(GatewayError) -> T {
         try await answeringNBDErrors(pool, info) {
-            try await ReadRetry(attempts: settings.readRetries).run(progress: { 0 }) { try await pool.withClient(body) }
+            try await NBDReadRetry(attempts: settings.readRetries).run(progress: { 0 }) { try await pool.withClient(body) }
         }
     }
 

@@ -147,17 +147,13 @@ final class Gateway: Sendable {
     /// condition wait for the gateway's own timers (the idle closer), not a fixed sleep.
     func waitForGauge(_ name: String, export: String, equals value: Double) async throws {
         let prefix = "\(name){export=\"\(export)\"} "
-        let deadline = ContinuousClock.now + .seconds(15)
         var last = "no such series"
-        while ContinuousClock.now < deadline {
+        try await waitUntil("\(prefix)reads \(value) (last: \(last))", seconds: 15) {
             let metrics = try await send(HTTPRequest("GET", "/metrics"), record: false).text
-            if let line = metrics.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) {
-                last = String(line)
-                if Double(line.dropFirst(prefix.count)) == value { return }
-            }
-            try await Task.sleep(for: .milliseconds(100))
+            guard let line = metrics.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) else { return false }
+            last = String(line)
+            return Double(line.dropFirst(prefix.count)) == value
         }
-        throw TestFailure("\(prefix)never read \(value) within 15 s (last: \(last))")
     }
 
     // MARK: - Contract

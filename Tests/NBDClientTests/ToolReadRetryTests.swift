@@ -1,0 +1,102 @@
+import Foundation
+import NBDTestSupport
+import Synchronization
+import Testing
+
+/// `nbd read` (and `readStream` under it) rides over transient failures: EIO replies are read
+/// again on the same connection; a lost connection is replaced and the read goes on from the
+/// first byte not yet written out.
+@Suite("nbd read: retries after EIO and after a lost connection", .timeLimit(.minutes(3)))
+struct ToolReadRetryTests {
+    static let size = 256 << 20
+
+    /// Compares a file with what nbdcopy reads from a plain pattern server of the same size.
+    func expectPattern(_ file: URL, length: Int) async throws {
+        try await withServer({ try await Servers.nbdkit(["pattern", "size=\(length)"]) }) { reference in
+            let expected = reference.directory.appendingPathComponent("expected.bin")
+            try await Tools.run("nbdcopy", [reference.uri, expected.path])
+            let comparison = try await Tools.run("cmp", [expected.path, file.path], check: false)
+            #expect(comparison.status == 0, "\(String(decoding: comparison.stdout + comparison.stderr, as: UTF8.self))")
+        }
+    }
+
+    @Test("EIO on 20% of reads: every failed chunk is read again, byte-exact; with --read-retries 0 the read fails with EIO")
+    func eioReplies() async throws {
+        let arguments = ["--filter=error", "pattern", "size=\(Self.size)", "error-pread=EIO", "error-pread-rate=20%"]
+        try await withServer({ try await Servers.nbdkit(arguments) }) { server in
+            let tool = try nbdToolPath()
+            let output = server.directory.appendingPathComponent("out.bin")
+            // 64 chunks of 4 MiB: a chunk failing 9 times running has odds of 5e-7.
+            let result = try await Tools.run(tool, ["read", "--read-retries", "8", server.uri, "-o", output.path], check: false)
+            #expect(result.status == 0, "\(String(decoding: result.stderr, as: UTF8.self))")
+            try await expectPattern(output, length: Self.size)
+            // The same server without retries: some chunk meets an EIO (odds of none: 6e-7).
+            let failure = try await Tools.run(tool, ["read", "--read-retries", "0", server.uri, "-o", "/dev/null"], check: false)
+            #expect(failure.status == 1)
+            #expect(String(decoding: failure.stderr, as: UTF8.self).contains("EIO"))
+        }
+    }
+
+    /// nbdkit on a fixed Unix socket, killed and started again on it.
+    final class RestartableServer: Sendable {
+        let directory: URL
+        let socket: String
+        let arguments: [String]
+        private let pid = Mutex<pid_t>(0)
+
+        init(_ arguments: [String]) async throws {
+            directory = try Tools.temporaryDirectory()
+            socket = directory.appendingPathComponent("nbd.sock").path
+            self.arguments = arguments
+            try await start()
+        }
+
+        var uri: String { "nbd+unix:///?socket=\(socket)" }
+
+        func start() async throws {
+            try? FileManager.default.removeItem(atPath: socket)  // Left behind by a SIGKILL.
+            let pidFile = directory.appendingPathComponent("nbdkit.pid")
+            try? FileManager.default.removeItem(at: pidFile)
+            try await Tools.run("nbdkit", ["-P", pidFile.path, "-U", socket] + arguments)
+            let started = try await Tools.readPID(pidFile)
+            pid.withLock { $0 = started }
+        }
+
+        func crash() async throws {
+            let victim = pid.withLock { $0 }
+            kill(victim, SIGKILL)
+            // Dead once gone or a zombie (its parent, not us, reaps it).
+            try await waitUntil("nbdkit \(victim) is gone") {
+                guard let stat = try? String(contentsOfFile: "/proc/\(victim)/stat", encoding: .utf8) else { return true }
+                return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+            }
+        }
+
+        func stop() {
+            kill(pid.withLock { $0 }, SIGTERM)
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    @Test("the server killed in the middle of a read and started again: the read goes on on a new connection, byte-exact")
+    func lostConnection() async throws {
+        // 200 ms a read, 8 in flight, 64 chunks: the read takes at least 1.6 s.
+        let server = try await RestartableServer(["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=200ms"])
+        defer { server.stop() }
+        let tool = try nbdToolPath()
+        let output = server.directory.appendingPathComponent("out.bin")
+        let uri = server.uri
+        let read = Task { try await Tools.run(tool, ["read", "--read-retries", "8", uri, "-o", output.path], check: false) }
+        func written() -> Int {
+            ((try? FileManager.default.attributesOfItem(atPath: output.path)[.size]) as? NSNumber)?.intValue ?? 0
+        }
+        try await waitUntil("nbd read has written its first bytes") { written() > 0 }
+        try await server.crash()
+        let writtenAtCrash = written()
+        #expect(writtenAtCrash < Self.size, "the read ended before the server was killed: nothing was proved")
+        try await server.start()
+        let result = try await read.value
+        #expect(result.status == 0, "\(String(decoding: result.stderr, as: UTF8.self))")
+        try await expectPattern(output, length: Self.size)
+    }
+}
