@@ -74,6 +74,7 @@ let package = Package(
         .target(
             name: "NBDGateway",
             dependencies: [
+                "NBDProtocol",
                 "NBDClient",
                 "CMicroHTTPD",
                 .product(name: "NIOCore", package: "swift-nio"),

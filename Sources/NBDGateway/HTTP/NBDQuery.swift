@@ -1,4 +1,4 @@
-import NBDClient
+import NBDProtocol
 
 /// Small text helpers for the HTTP layer.
 enum NBDQuery {

@@ -35,7 +35,7 @@ extension GatewayRoutes {
         case .exports, .health, .ready, .openAPI, .page, .asset, .baseRedirect:
             break
         case .export, .data, .extents, .flush, .trim, .zero:
-            let name = try route.exportName() ?? ""
+            let name = try exportName(route) ?? ""
             guard grant.exports.contains(name) else { throw .unknownExport(name) }
             if route.writes(method: request.method) && !grant.mayWrite {
                 throw .accessDenied("the token may only read export \"\(name)\"", export: name)

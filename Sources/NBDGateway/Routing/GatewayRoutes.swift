@@ -93,7 +93,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
             guard let route = Route.parse(request.rawPath) else { throw GatewayError.notFound(request.rawPath) }
             try authorize(request, route)
             guard case .data = route else { throw GatewayError.methodNotAllowed(request.method, allow: route.allowed) }
-            let name = try route.exportName() ?? ""
+            let name = try exportName(route) ?? ""
             let syntax = try putSyntax(request)
             guard let pool = catalog.cachedPool(for: name), let info = pool.cachedInfo else { return nil }
             return try preparePut(request, syntax, pool: pool, info: info, name: name)
@@ -140,7 +140,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
 
     /// The export's pool and negotiated info, or the error that says why not.
     func open(_ route: Route) async throws(GatewayError) -> (Catalog.Export, NBDExportInfo, String) {
-        let name = try route.exportName() ?? ""
+        let name = try exportName(route) ?? ""
         let pool: Catalog.Export
         do {
             pool = try await catalog.pool(for: name)
@@ -189,6 +189,15 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         }
     }
 
+    /// The export name of `route`, decoded; a 400 when it is malformed.
+    func exportName(_ route: Route) throws(GatewayError) -> String? {
+        do {
+            return try route.decodedExportName()
+        } catch {
+            throw .badRequest(error.message)
+        }
+    }
+
     func requireWritable(_ info: NBDExportInfo, _ name: String) throws(GatewayError) {
         if settings.readOnly || info.isReadOnly { throw .readOnly(name) }
     }
@@ -215,7 +224,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         metrics.requests(method: request.method, status: response.status).increment()
         metrics.duration(method: request.method).recordInterval(since: started)
         if response.status >= 500 {
-            failures.failed(request, status: response.status, export: Route.parse(request.rawPath).flatMap { try? $0.exportName() })
+            failures.failed(request, status: response.status, export: Route.parse(request.rawPath).flatMap { try? $0.decodedExportName() })
         }
     }
 }

@@ -1,4 +1,4 @@
-import NBDClient
+import NBDProtocol
 
 /// The resources of the contract, recognised from the raw (still percent-encoded) path.
 enum Route: Equatable {
@@ -36,14 +36,19 @@ enum Route: Equatable {
         }
     }
 
-    /// The decoded export name; a 400 when it is not valid percent-encoded UTF-8 or too long.
-    func exportName() throws(GatewayError) -> String? {
+    /// Why an export name in a path is refused (a 400).
+    struct BadExportName: Error, Equatable {
+        let message: String
+    }
+
+    /// The decoded export name; refused when it is not valid percent-encoded UTF-8 or too long.
+    func decodedExportName() throws(BadExportName) -> String? {
         guard let raw = rawExportName else { return nil }
         guard let name = NBDURI.percentDecode(Substring(raw)) else {
-            throw .badRequest("the export name is not valid percent-encoded UTF-8")
+            throw BadExportName(message: "the export name is not valid percent-encoded UTF-8")
         }
         guard name.utf8.count <= NBDWire.maximumStringLength else {
-            throw .badRequest("the export name is longer than \(NBDWire.maximumStringLength) bytes")
+            throw BadExportName(message: "the export name is longer than \(NBDWire.maximumStringLength) bytes")
         }
         return name
     }

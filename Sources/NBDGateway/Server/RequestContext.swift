@@ -65,7 +65,7 @@ final class RequestContext: Sendable {
             time: startedAt, method: request.method, path: path, status: status,
             bytesIn: bytesIn.load(ordering: .relaxed), bytesOut: bytesOut.load(ordering: .relaxed),
             durationSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
-            requestID: request.requestID, export: Route.parse(request.rawPath).flatMap { try? $0.exportName() },
+            requestID: request.requestID, export: Route.parse(request.rawPath).flatMap { try? $0.decodedExportName() },
             token: AccessControl.fingerprint(of: request), client: client
         )
     }

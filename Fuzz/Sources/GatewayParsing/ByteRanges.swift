@@ -1,0 +1,1 @@
+../../../Sources/NBDGateway/HTTP/ByteRanges.swift

@@ -1,0 +1,1 @@
+../../../Sources/NBDGateway/Server/HTTPRequestStateMachine.swift

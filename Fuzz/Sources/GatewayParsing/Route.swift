@@ -1,0 +1,1 @@
+../../../Sources/NBDGateway/Routing/Route.swift
