@@ -46,11 +46,25 @@ let package = Package(
             ],
             swiftSettings: strictSwift6
         ),
+        // libsodium, for BLAKE2b (crypto_generichash).
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+        // ovirt-imageio-compatible block checksums: digests and the block plan, no I/O.
+        .target(
+            name: "NBDChecksum",
+            dependencies: [
+                "NBDProtocol",
+                "CSodium",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSwift6
+        ),
         .executableTarget(
             name: "nbd",
             dependencies: [
                 "NBDClient",
                 "NBDProtocol",
+                "NBDChecksum",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -76,6 +90,7 @@ let package = Package(
             dependencies: [
                 "NBDProtocol",
                 "NBDClient",
+                "NBDChecksum",
                 "CMicroHTTPD",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -135,6 +150,7 @@ let package = Package(
             dependencies: [
                 "NBDTestSupport",
                 "NBDClient",
+                "NBDChecksum",
                 "NBDProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

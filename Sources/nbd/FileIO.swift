@@ -100,6 +100,56 @@ struct InputFile: Sendable {
         }
     }
 
+    /// `length` bytes at `offset` (pread; a regular file), zeroes past its end.
+    func read(at offset: UInt64, length: Int) async throws -> ByteBuffer {
+        let descriptor = self.descriptor
+        return try await NIOThreadPool.singleton.runIfActive {
+            var buffer = ByteBufferAllocator().buffer(capacity: length)
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+                guard let base = space.baseAddress else { return 0 }
+                var done = 0
+                while done < length {
+                    let got = pread(descriptor, base + done, length - done, off_t(offset) + off_t(done))
+                    if got < 0 && errno == EINTR { continue }
+                    guard got >= 0 else { throw POSIXFailure(operation: "read") }
+                    if got == 0 { break }
+                    done += got
+                }
+                (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: length - done)
+                return length
+            }
+            return buffer
+        }
+    }
+
+    /// Linux's lseek whences for sparse files (Glibc exports them only under _GNU_SOURCE).
+    private static let seekData: Int32 = 3
+    private static let seekHole: Int32 = 4
+
+    /// The holes of `offset..<offset+length` as zero extents (SEEK_HOLE/SEEK_DATA), data between.
+    func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
+        let descriptor = self.descriptor
+        return try await NIOThreadPool.singleton.runIfActive {
+            var extents: [NBDExtent] = []
+            let end = offset + length
+            var position = offset
+            while position < end {
+                let data = lseek(descriptor, off_t(position), Self.seekData)
+                // No data after position (ENXIO): a hole to the end.
+                let dataStart = data < 0 ? end : min(end, UInt64(data))
+                if dataStart > position {
+                    extents.append(NBDExtent(offset: position, length: dataStart - position, flags: NBDAllocationFlags.hole | NBDAllocationFlags.zero))
+                }
+                guard dataStart < end else { break }
+                let hole = lseek(descriptor, off_t(dataStart), Self.seekHole)
+                let dataEnd = hole < 0 ? end : min(end, UInt64(hole))
+                extents.append(NBDExtent(offset: dataStart, length: dataEnd - dataStart, flags: 0))
+                position = dataEnd
+            }
+            return extents
+        }
+    }
+
     func close() async throws {
         guard ownsDescriptor else { return }
         let descriptor = self.descriptor

@@ -7,7 +7,7 @@ struct NBDTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nbd",
         abstract: "Talk to NBD servers: list exports, show metadata, read, write, map allocation.",
-        subcommands: [ListCommand.self, InfoCommand.self, ReadCommand.self, WriteCommand.self, MapCommand.self]
+        subcommands: [ListCommand.self, InfoCommand.self, ReadCommand.self, WriteCommand.self, MapCommand.self, ChecksumCommand.self]
     )
 }
 

@@ -53,7 +53,7 @@ struct OpenAPIContractTests {
     @Test("every operation of the contract is routed (never 404 not_found or 405)")
     func everyOperationExists() async throws {
         let operations = try await OpenAPIChecker.operations()
-        #expect(operations.count == 26)  // 14 of the API, the page and its files, 10 CORS preflights.
+        #expect(operations.count == 30)  // 16 of the API, the page and its files, 12 CORS preflights.
         let origin = "http://127.0.0.1:9000"
         try await withNBDKitGateway(["memory", "size=1M"], gatewayArguments: ["--cors-origin", origin]) { gateway, _ in
             for (method, template) in operations {

@@ -34,7 +34,7 @@ extension GatewayRoutes {
             guard grant.isOperator else { throw .accessDenied("/metrics needs a token for every export (*)") }
         case .exports, .health, .ready, .openAPI, .page, .asset, .baseRedirect:
             break
-        case .export, .data, .extents, .flush, .trim, .zero:
+        case .export, .data, .extents, .flush, .trim, .zero, .checksum, .checksumAlgorithms:
             let name = try exportName(route) ?? ""
             guard grant.exports.contains(name) else { throw .unknownExport(name) }
             if route.writes(method: request.method) && !grant.mayWrite {

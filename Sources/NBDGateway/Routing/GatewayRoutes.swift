@@ -133,6 +133,8 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         case .flush: return try await flush(request, route: route)
         case .trim: return try await trim(request, route: route)
         case .zero: return try await zero(request, route: route)
+        case .checksum: return try await checksum(request, route: route)
+        case .checksumAlgorithms: return try await checksumAlgorithms(request, route: route)
         }
     }
 
@@ -175,7 +177,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
     }
 
     /// Runs `work`, turning the NBD errors it throws into HTTP ones (`NBDErrorTable`).
-    private func answeringNBDErrors<T>(
+    func answeringNBDErrors<T>(
         _ pool: Catalog.Export, _ info: NBDExportInfo, writing: Bool = false, _ work: () async throws -> T
     ) async throws(GatewayError) -> T {
         do {

@@ -9,6 +9,9 @@ enum Route: Equatable {
     case flush(String)
     case trim(String)
     case zero(String)
+    /// The block checksum of a range, and the algorithms it offers.
+    case checksum(String)
+    case checksumAlgorithms(String)
     case health
     case ready
     case metrics
@@ -31,7 +34,8 @@ enum Route: Equatable {
     /// The export's name as sent (still percent-encoded).
     var rawExportName: String? {
         switch self {
-        case .export(let name), .data(let name), .extents(let name), .flush(let name), .trim(let name), .zero(let name): name
+        case .export(let name), .data(let name), .extents(let name), .flush(let name), .trim(let name), .zero(let name),
+             .checksum(let name), .checksumAlgorithms(let name): name
         default: nil
         }
     }
@@ -66,18 +70,22 @@ enum Route: Equatable {
         case "/openapi.yaml": return .openAPI
         default: break
         }
-        // "/exports/NAME[/RESOURCE]" splits into "", "exports", NAME[, RESOURCE] (on the UTF-8
-        // bytes: "/" never occurs inside a multi-byte character).
+        // "/exports/NAME[/RESOURCE[/algorithms]]" splits into "", "exports", NAME[, RESOURCE[,
+        // "algorithms"]] (on the UTF-8 bytes: "/" never occurs inside a multi-byte character).
         let segments = rawPath.utf8.split(separator: UInt8(ascii: "/"), maxSplits: 4, omittingEmptySubsequences: false)
-        guard segments.count >= 3, segments.count <= 4, segments[0].isEmpty, segments[1].elementsEqual("exports".utf8) else { return nil }
+        guard segments.count >= 3, segments[0].isEmpty, segments[1].elementsEqual("exports".utf8) else { return nil }
         guard let name = String(segments[2]) else { return nil }
         if segments.count == 3 { return .export(name) }
+        if segments.count == 5 {
+            return segments[3].elementsEqual("checksum".utf8) && segments[4].elementsEqual("algorithms".utf8) ? .checksumAlgorithms(name) : nil
+        }
         switch String(segments[3]) {
         case "data": return .data(name)
         case "extents": return .extents(name)
         case "flush": return .flush(name)
         case "trim": return .trim(name)
         case "zero": return .zero(name)
+        case "checksum": return .checksum(name)
         default: return nil
         }
     }
