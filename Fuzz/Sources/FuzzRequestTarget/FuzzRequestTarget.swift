@@ -24,6 +24,8 @@ public func fuzzRequestTarget(_ start: UnsafePointer<UInt8>?, _ count: Int) -> C
     case .flush: again = Route.parse("/exports/\(encoded)/flush")
     case .trim: again = Route.parse("/exports/\(encoded)/trim")
     case .zero: again = Route.parse("/exports/\(encoded)/zero")
+    case .checksum: again = Route.parse("/exports/\(encoded)/checksum")
+    case .checksumAlgorithms: again = Route.parse("/exports/\(encoded)/checksum/algorithms")
     default: fatalError("\(path): \(route) has an export name")
     }
     guard let again, (try? again.decodedExportName()) == name else {
