@@ -21,7 +21,7 @@ struct OpenAPIContractTests {
         let good = [
             entry("GET", "/healthz", 200, [json], #"{"status":"ok"}"#),
             entry("GET", "/nope", 404, [json], #"{"error":{"status":404,"code":"not_found","message":"m","nbd_error":null,"nbd_errno":null,"export":null,"request_id":"r"}}"#),
-            entry("HEAD", "/exports/d/data", 200, [("Accept-Ranges", "bytes"), ("Content-Length", "5")], nil),
+            entry("HEAD", "/exports/d/data", 200, [("Accept-Ranges", "bytes"), ("Content-Length", "5"), ("ETag", #""5f3a9c-0a1b2c3d-7""#)], nil),
             entry("GET", "/exports/a%2Fb/data", 416, [json, ("Content-Range", "bytes */10")],
                   #"{"error":{"status":416,"code":"range_not_satisfiable","message":"m","export":"a/b","request_id":"r"}}"#),
         ]
@@ -37,6 +37,8 @@ struct OpenAPIContractTests {
             (entry("GET", "/exports/d", 400, [json], #"{"error":{"status":400,"code":"bad_request","message":"m","request_id":"other"}}"#), "request_id"),
             (entry("HEAD", "/exports/d/data", 200, [("accept-ranges", "bytes"), ("Content-Length", "5")], nil), "spelled exactly"),
             (entry("HEAD", "/exports/d/data", 200, [("Accept-Ranges", "bytes")], nil), "Content-Length"),
+            (entry("HEAD", "/exports/d/data", 200, [("Accept-Ranges", "bytes"), ("Content-Length", "5")], nil), "ETag"),
+            (entry("HEAD", "/exports/d/data", 200, [("Accept-Ranges", "bytes"), ("Content-Length", "5"), ("ETag", "weak")], nil), "ETag"),
             (entry("DELETE", "/exports/d/data", 405, [json], #"{"error":{"status":405,"code":"method_not_allowed","message":"m","request_id":"r"}}"#), "Allow"),
             (entry("GET", "/readyz", 503, [json], #"{"error":{"status":503,"code":"not_ready","message":"m","request_id":"r"}}"#), "Retry-After"),
             (entry("PUT", "/exports/d/data", 201, [json], #"{"operation":"write","offset":0,"length":1}"#), "not documented"),

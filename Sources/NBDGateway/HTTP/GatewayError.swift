@@ -19,6 +19,7 @@ public struct GatewayError: Error, Sendable, Equatable {
         public static let forbidden: Code = "forbidden"
         public static let unauthorized: Code = "unauthorized"
         public static let accessDenied: Code = "access_denied"
+        public static let preconditionFailed: Code = "precondition_failed"
         public static let overloaded: Code = "overloaded"
         public static let listingRefused: Code = "listing_refused"
         public static let payloadTooLarge: Code = "payload_too_large"
@@ -99,6 +100,9 @@ public struct GatewayError: Error, Sendable, Equatable {
     }
     public static func accessDenied(_ message: String, export: String? = nil) -> GatewayError {
         GatewayError(.forbidden, .accessDenied, message, export: export)
+    }
+    public static func preconditionFailed(_ message: String, export: String?) -> GatewayError {
+        GatewayError(.preconditionFailed, .preconditionFailed, message, export: export)
     }
     public static func unavailable(_ message: String, code: Code = .serviceUnavailable) -> GatewayError {
         GatewayError(.serviceUnavailable, code, message, headers: [("Retry-After", "1")])

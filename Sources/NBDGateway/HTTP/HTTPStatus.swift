@@ -13,6 +13,7 @@ public struct HTTPStatus: Hashable, Sendable, ExpressibleByIntegerLiteral, Custo
     public static let forbidden: HTTPStatus = 403
     public static let notFound: HTTPStatus = 404
     public static let methodNotAllowed: HTTPStatus = 405
+    public static let preconditionFailed: HTTPStatus = 412
     public static let payloadTooLarge: HTTPStatus = 413
     public static let rangeNotSatisfiable: HTTPStatus = 416
     public static let requestHeaderFieldsTooLarge: HTTPStatus = 431

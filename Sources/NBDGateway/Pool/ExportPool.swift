@@ -59,6 +59,8 @@ public final class ExportPool: Sendable {
     private let logger: Logger
     private let clock: any PoolClock
     private let state: Mutex<State>
+    /// The content generation behind the export's ETags.
+    public let version = ContentVersion()
 
     /// A pool for the export `uri` names; nothing is opened until a request needs it.
     /// `clock`: where event times come from (tests pass one they move by hand).
@@ -230,6 +232,8 @@ public final class ExportPool: Sendable {
             let effects = state.withLock { state in
                 state.info = client.info
                 if state.metrics == nil { state.metrics = PoolMetrics(export: name) }
+                // With no connection open the backend may have changed unseen (a restart).
+                if state.machine.connectionCount == 0 { version.advance() }
                 let actions = state.machine.connectionOpened(client, multiConn: client.info.canMultiConn, now: now)
                 defer { state.recordConnections() }
                 return state.apply(actions)

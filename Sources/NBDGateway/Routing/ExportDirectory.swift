@@ -41,6 +41,8 @@ public protocol ExportHandle: Sendable {
     func withClient<T: Sendable>(load: Int, _ body: (Device) async throws -> T) async throws -> T
     func countRead(_ bytes: Int)
     func countWritten(_ bytes: Int)
+    /// The content generation behind the export's ETags.
+    var version: ContentVersion { get }
 }
 
 extension ExportHandle {

@@ -71,13 +71,20 @@ extension GatewayRoutes {
         guard offset <= info.size, length <= info.size - offset else {
             throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
         }
+        try admitChange(request, pool, name)
         // Without FUA on the export, durability comes from a FLUSH afterwards.
         let useFUA = fua && info.canFUA
         let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
-        try await withClient(pool, info, writing: true) { client in
-            try await body(client, offset, length, useFUA, fast)
-            if flushAfter { try await client.flush() }
+        do {
+            try await withClient(pool, info, writing: true) { client in
+                try await body(client, offset, length, useFUA, fast)
+                if flushAfter { try await client.flush() }
+            }
+        } catch {
+            pool.version.advance()  // Tags taken while it ran are stale, whatever the outcome.
+            throw error
         }
-        return .json(200, Self.operationJSON(operation, offset: offset, length: length))
+        pool.version.advance()
+        return .json(200, Self.operationJSON(operation, offset: offset, length: length), headers: [("ETag", etag(pool, name))])
     }
 }

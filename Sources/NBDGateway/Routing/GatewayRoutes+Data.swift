@@ -21,8 +21,8 @@ extension GatewayRoutes {
     }
 
     func head(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
-        let (_, info, _) = try await open(route)
-        return GatewayResponse(status: 200, headers: Self.dataHeaders, headLength: info.size)
+        let (pool, info, name) = try await open(route)
+        return GatewayResponse(status: 200, headers: Self.dataHeaders + [("ETag", etag(pool, name))], headLength: info.size)
     }
 
     /// Ranges up to this size are answered from memory instead of streamed.
@@ -33,12 +33,18 @@ extension GatewayRoutes {
     func get(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
         let (pool, info, name) = try await open(route)
         let size = info.size
-        switch ByteRanges.select(request.header("Range"), size: size) {
+        // Taken before reading: a write during the read makes it stale at once.
+        let tag = etag(pool, name)
+        let dataHeaders = Self.dataHeaders + [("ETag", tag)]
+        // If-Range (RFC 9110 §13.1.5): the range only while the tag is current; a date or a
+        // stale tag gets the whole body.
+        let ranges = request.header("If-Range").map { $0 == tag } ?? true ? request.header("Range") : nil
+        switch ByteRanges.select(ranges, size: size) {
         case .whole:
-            guard size > 0 else { return GatewayResponse(status: 200, headers: Self.dataHeaders, body: .bytes(ByteBuffer())) }
-            return GatewayResponse(status: 200, headers: Self.dataHeaders, body: .stream(length: size, stream(pool, [(0...(size - 1), nil)])))
+            guard size > 0 else { return GatewayResponse(status: 200, headers: dataHeaders, body: .bytes(ByteBuffer())) }
+            return GatewayResponse(status: 200, headers: dataHeaders, body: .stream(length: size, stream(pool, [(0...(size - 1), nil)])))
         case .single(let range):
-            let headers = Self.dataHeaders + [("Content-Range", "bytes \(range.lowerBound)-\(range.upperBound)/\(size)")]
+            let headers = dataHeaders + [("Content-Range", "bytes \(range.lowerBound)-\(range.upperBound)/\(size)")]
             if range.count <= Self.inlineBodyLimit {
                 // Small ranges are read before answering: one round trip, and errors keep their status.
                 let bytes = try await withReadRetries(pool, info) { try await $0.read(at: range.lowerBound, length: range.count) }
@@ -57,7 +63,7 @@ extension GatewayRoutes {
             }
             let trailer = ByteBuffer(string: "\r\n--\(boundary)--\r\n")
             length += UInt64(trailer.readableBytes)
-            let headers: [(name: String, value: String)] = [("Accept-Ranges", "bytes"), ("Content-Type", "multipart/byteranges; boundary=\(boundary)")]
+            let headers: [(name: String, value: String)] = [("Accept-Ranges", "bytes"), ("Content-Type", "multipart/byteranges; boundary=\(boundary)"), ("ETag", tag)]
             return GatewayResponse(status: 206, headers: headers, body: .stream(length: length, stream(pool, parts, trailer: trailer)))
         case .unsatisfiable:
             throw .unsatisfiable("no requested range is inside the export (size \(size))", size: size, export: name)
@@ -155,6 +161,7 @@ extension GatewayRoutes {
         guard offset <= size, (declared ?? 0) <= size - offset else {
             throw .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: name)
         }
+        try admitChange(request, pool, name)
         let useFUA = fua && info.canFUA
         // A FLUSH makes the data durable (fua without FUA support) and, with several
         // connections, visible on all of them before we answer.
@@ -176,12 +183,15 @@ extension GatewayRoutes {
         let resumeForm = contentRange != nil && contentRange?.length == nil
         let started = ContinuousClock.now
         return .accept(session) { [self] result in
+            // The write is over (done or not): tags taken while it ran are stale from now on.
+            pool.version.advance()
             let response: GatewayResponse
             switch result {
             case .success(let length):
+                let tag = etag(pool, name)
                 response = resumeForm
-                    ? GatewayResponse(status: 204)
-                    : .json(200, Self.operationJSON("write", offset: offset, length: length))
+                    ? GatewayResponse(status: 204, headers: [("ETag", tag)])
+                    : .json(200, Self.operationJSON("write", offset: offset, length: length), headers: [("ETag", tag)])
             case .failure(let failure):
                 response = GatewayError(failure, export: name, exportSize: size).response(requestID: requestID)
             }

@@ -1,4 +1,5 @@
 import NBDClient
+import NIOCore
 
 extension GatewayRoutes {
     func listExports(_ request: GatewayRequest, visibleTo grant: AccessGrant?) async throws(GatewayError) -> GatewayResponse {
@@ -24,9 +25,14 @@ extension GatewayRoutes {
         return .json(200, #"{"status":"ready"}"#)
     }
 
+    /// The export's metadata, with the data's ETag (`If-None-Match` with it → 304).
     func metadata(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
-        let (_, info, name) = try await open(route)
-        return .json(200, Self.metadataJSON(info, name: name).rendered)
+        let (pool, info, name) = try await open(route)
+        let tag = etag(pool, name)
+        if let condition = request.header("If-None-Match"), EntityTags.list(condition, contains: tag) {
+            return GatewayResponse(status: 304, headers: [("ETag", tag)], body: .bytes(ByteBuffer()))
+        }
+        return .json(200, Self.metadataJSON(info, name: name).rendered, headers: [("ETag", tag)])
     }
 
     static func blockSizeJSON(_ info: NBDExportInfo) -> JSON.Value {

@@ -34,6 +34,8 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
     let failures: FailureLog
     /// Requests admitted to NBD work now (`--max-in-flight`).
     let inFlight = InFlightLimit()
+    /// Strong ETags, unique to this run of the gateway.
+    let tags = EntityTags()
 
     public init(catalog: Catalog, settings: Settings, spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void, logger: Logger) {
         self.catalog = catalog
@@ -198,6 +200,27 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         } catch {
             throw .badRequest(error.message)
         }
+    }
+
+    /// The export's current ETag.
+    func etag(_ pool: Catalog.Export, _ name: String) -> String {
+        tags.tag(export: name, generation: pool.version.current)
+    }
+
+    /// Admits a write, zero or trim: with `If-Match`, only if it names the current tag (412
+    /// otherwise); the generation steps in the same atomic operation as the check.
+    func admitChange(_ request: GatewayRequest, _ pool: Catalog.Export, _ name: String) throws(GatewayError) {
+        guard let condition = request.header("If-Match") else {
+            pool.version.advance()
+            return
+        }
+        if EntityTags.list(condition, contains: "*") {
+            pool.version.advance()
+            return
+        }
+        let current = pool.version.current
+        if EntityTags.list(condition, contains: tags.tag(export: name, generation: current)), pool.version.advance(from: current) { return }
+        throw .preconditionFailed("If-Match \(condition) does not name the current ETag \(etag(pool, name))", export: name)
     }
 
     func requireWritable(_ info: NBDExportInfo, _ name: String) throws(GatewayError) {

@@ -100,6 +100,7 @@ final class MemoryDisk: NBDBlockDevice {
 
 /// An export backed by a `MemoryDisk`.
 final class MemoryExport: ExportHandle {
+    let version = ContentVersion()
     let name: String
     let disk: MemoryDisk
     init(name: String, disk: MemoryDisk) {
