@@ -41,13 +41,6 @@ public struct EntityTags: Sendable {
         "\"\(instance)-\(Self.identity(export))-\(generation)\""
     }
 
-    /// The generation `tag` names for `export`, if it is one of ours for it.
-    public func generation(in tag: String, export: String) -> UInt64? {
-        let prefix = "\"\(instance)-\(Self.identity(export))-"
-        guard tag.hasPrefix(prefix), tag.hasSuffix("\""), tag.count > prefix.count + 1 else { return nil }
-        return UInt64(tag.dropFirst(prefix.count).dropLast())
-    }
-
     /// Whether an `If-Match` / `If-None-Match` list names `current` (RFC 9110 §13.1.1-2:
     /// strong comparison for If-Match; `*` matches any current representation).
     public static func list(_ header: String, contains current: String) -> Bool {
