@@ -70,19 +70,18 @@ struct ChecksumCommand: AsyncParsableCommand {
     }
 
     private func checksumFile(_ path: String, _ algorithm: ChecksumAlgorithm) async throws -> (UInt64, String) {
-        let file = try await InputFile.open(path)
+        let file = try await RandomAccessFile.open(path, writing: false)
         do {
-            guard let size = file.size else { throw NBDError(.invalidArgument, "\(path) is not a regular file") }
-            let total = try range(size: size)
+            let total = try range(size: file.size)
             let extents = try await file.extents(at: offset, length: total)
             let blocks = ChecksumRun.blocks(offset: offset, length: total, blockSize: blockSize, extents: extents)
             let checksum = try await ChecksumRun.checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: 2) { blockOffset, blockLength in
                 [try await file.read(at: blockOffset, length: blockLength)]
             }
-            try await file.close()
+            await file.close()
             return (total, checksum)
         } catch {
-            try? await file.close()
+            await file.close()
             throw error
         }
     }

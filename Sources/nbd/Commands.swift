@@ -12,7 +12,7 @@ struct ListCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let exports = try await NBDClient.list(connection.uri, configuration: connection.clientConfiguration, logger: connection.logger)
+            let exports = try await NBDClient.list(connection.uri, configuration: connection.clientConfiguration, logger: connection.client.logger)
             if json {
                 struct Listing: Encodable { var exports: [Entry] }
                 struct Entry: Encodable { var name: String; var description: String }

@@ -1,5 +1,6 @@
 import Foundation
 import NBDClient
+import NBDProtocol
 import NIOCore
 import NIOPosix
 
@@ -100,7 +101,47 @@ struct InputFile: Sendable {
         }
     }
 
-    /// `length` bytes at `offset` (pread; a regular file), zeroes past its end.
+    func close() async throws {
+        guard ownsDescriptor else { return }
+        let descriptor = self.descriptor
+        try await NIOThreadPool.singleton.runIfActive { _ = Foundation.close(descriptor) }
+    }
+}
+
+/// A file or device read and written at offsets (pread, pwrite), from async code.
+struct RandomAccessFile: Sendable {
+    let path: String
+    let descriptor: Int32
+    /// The size when opened (0 for a file created for writing).
+    let size: UInt64
+    /// A regular file (holes read as zeroes, the size can change).
+    let isRegular: Bool
+
+    /// Opens `path` to read, or to write (created, or truncated if it is a regular file).
+    static func open(_ path: String, writing: Bool) async throws -> RandomAccessFile {
+        try await NIOThreadPool.singleton.runIfActive {
+            var status = stat()
+            let exists = stat(path, &status) == 0
+            let regular = !exists || (status.st_mode & S_IFMT) == S_IFREG
+            // A device is written in place, never truncated.
+            let flags = writing ? (O_RDWR | O_CREAT | (regular ? O_TRUNC : 0)) : O_RDONLY
+            let descriptor = Foundation.open(path, flags, 0o644)
+            guard descriptor >= 0 else { throw POSIXFailure(operation: "open \(path)") }
+            guard fstat(descriptor, &status) == 0 else {
+                let failure = POSIXFailure(operation: "stat \(path)")
+                _ = Foundation.close(descriptor)
+                throw failure
+            }
+            var size = UInt64(status.st_size)
+            if (status.st_mode & S_IFMT) == S_IFBLK {
+                let end = lseek(descriptor, 0, SEEK_END)
+                size = end > 0 ? UInt64(end) : 0
+            }
+            return RandomAccessFile(path: path, descriptor: descriptor, size: size, isRegular: (status.st_mode & S_IFMT) == S_IFREG)
+        }
+    }
+
+    /// `length` bytes at `offset`, zeroes past the end.
     func read(at offset: UInt64, length: Int) async throws -> ByteBuffer {
         let descriptor = self.descriptor
         return try await NIOThreadPool.singleton.runIfActive {
@@ -122,6 +163,35 @@ struct InputFile: Sendable {
         }
     }
 
+    /// Writes `buffers` one after the other from `offset`.
+    func write(at offset: UInt64, _ buffers: [ByteBuffer]) async throws {
+        let descriptor = self.descriptor
+        try await NIOThreadPool.singleton.runIfActive {
+            var position = off_t(offset)
+            for buffer in buffers {
+                try buffer.withUnsafeReadableBytes { bytes in
+                    var done = 0
+                    while done < bytes.count {
+                        guard let base = bytes.baseAddress else { return }
+                        let written = pwrite(descriptor, base + done, bytes.count - done, position + off_t(done))
+                        if written < 0 && errno == EINTR { continue }
+                        guard written >= 0 else { throw POSIXFailure(operation: "write") }
+                        done += written
+                    }
+                }
+                position += off_t(buffer.readableBytes)
+            }
+        }
+    }
+
+    /// Sets a regular file's size (the new part is a hole).
+    func truncate(to size: UInt64) async throws {
+        let descriptor = self.descriptor
+        try await NIOThreadPool.singleton.runIfActive {
+            guard ftruncate(descriptor, off_t(size)) == 0 else { throw POSIXFailure(operation: "truncate") }
+        }
+    }
+
     /// Linux's lseek whences for sparse files (Glibc exports them only under _GNU_SOURCE).
     private static let seekData: Int32 = 3
     private static let seekHole: Int32 = 4
@@ -129,9 +199,12 @@ struct InputFile: Sendable {
     /// The holes of `offset..<offset+length` as zero extents (SEEK_HOLE/SEEK_DATA), data between.
     func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
         let descriptor = self.descriptor
+        let regular = isRegular
         return try await NIOThreadPool.singleton.runIfActive {
-            var extents: [NBDExtent] = []
             let end = offset + length
+            // A device has no holes to ask about.
+            guard regular else { return length > 0 ? [NBDExtent(offset: offset, length: length, flags: 0)] : [] }
+            var extents: [NBDExtent] = []
             var position = offset
             while position < end {
                 let data = lseek(descriptor, off_t(position), Self.seekData)
@@ -150,10 +223,9 @@ struct InputFile: Sendable {
         }
     }
 
-    func close() async throws {
-        guard ownsDescriptor else { return }
+    func close() async {
         let descriptor = self.descriptor
-        try await NIOThreadPool.singleton.runIfActive { _ = Foundation.close(descriptor) }
+        _ = try? await NIOThreadPool.singleton.runIfActive { Foundation.close(descriptor) }
     }
 }
 

@@ -7,7 +7,7 @@ struct NBDTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nbd",
         abstract: "Talk to NBD servers: list exports, show metadata, read, write, map allocation.",
-        subcommands: [ListCommand.self, InfoCommand.self, ReadCommand.self, WriteCommand.self, MapCommand.self, ChecksumCommand.self]
+        subcommands: [ListCommand.self, InfoCommand.self, ReadCommand.self, WriteCommand.self, MapCommand.self, ChecksumCommand.self, CopyCommand.self]
     )
 }
 
@@ -16,6 +16,17 @@ struct ConnectionOptions: ParsableArguments {
     @Argument(help: "NBD URI: nbd://host[:port]/export, nbds://..., nbd+unix:///export?socket=PATH")
     var uri: String
 
+    @OptionGroup var client: ClientOptions
+
+    var clientConfiguration: NBDClientConfiguration { client.configuration }
+
+    func connect() async throws -> NBDClient {
+        try await client.connect(to: uri)
+    }
+}
+
+/// How to connect: TLS and the reply timeout.
+struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("tls-ca"), help: "PEM file of CA certificates to trust (nbds://).")
     var tlsCA: String?
 
@@ -31,7 +42,7 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Seconds to wait for each reply (default: no limit).")
     var timeout: Int?
 
-    var clientConfiguration: NBDClientConfiguration {
+    var configuration: NBDClientConfiguration {
         var configuration = NBDClientConfiguration()
         if tlsCA != nil || tlsCertificate != nil || tlsKey != nil || tlsNoVerify {
             configuration.tls = NBDTLSConfiguration(
@@ -48,12 +59,11 @@ struct ConnectionOptions: ParsableArguments {
         return logger
     }
 
-    func connect() async throws -> NBDClient {
-        try await NBDClient.connect(to: uri, configuration: clientConfiguration, logger: logger)
+    func connect(to uri: String) async throws -> NBDClient {
+        try await NBDClient.connect(to: uri, configuration: configuration, logger: logger)
     }
 }
 
-/// Runs `body`, turning failures into one line on stderr and exit status 1.
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
