@@ -72,7 +72,8 @@ extension NBDClient {
             goal: .negotiate(exportName: exportName),
             useTLS: configuration.tls != nil,
             structuredReplies: configuration.structuredReplies,
-            metaContexts: configuration.metaContexts
+            metaContexts: configuration.metaContexts,
+            listedContextPrefixes: configuration.listedContextPrefixes
         )
         let tlsFactory = try configuration.tls.map { try makeTLSFactory($0, host: tlsServerName) }
         let promise = channel.eventLoop.makePromise(of: NBDHandshakeOutcome.self)
@@ -106,7 +107,8 @@ extension NBDClient {
             goal: goal,
             useTLS: tls != nil,
             structuredReplies: configuration.structuredReplies,
-            metaContexts: configuration.metaContexts
+            metaContexts: configuration.metaContexts,
+            listedContextPrefixes: configuration.listedContextPrefixes
         )
         let group = configuration.eventLoopGroup
         let promise = group.next().makePromise(of: NBDHandshakeOutcome.self)

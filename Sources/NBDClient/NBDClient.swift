@@ -208,8 +208,14 @@ public final class NBDClient: Sendable {
 
     /// The `base:allocation` map of the range (NBD_CMD_BLOCK_STATUS), merged and clipped to it.
     public func blockStatus(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
-        guard let contextID = info.metaContexts[NBDMetaContext.baseAllocation] else {
-            throw NBDError(.unimplemented, "the server did not agree to base:allocation block status", exportName: info.name)
+        try await blockStatus(at: offset, length: length, context: NBDMetaContext.baseAllocation)
+    }
+
+    /// The map of the range in a negotiated metadata context (`qemu:dirty-bitmap:NAME`,
+    /// `qemu:allocation-depth`, ...), merged and clipped to it; the flags are the context's own.
+    public func blockStatus(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent] {
+        guard let contextID = info.metaContexts[context] else {
+            throw NBDError(.unimplemented, "the server did not agree to \(context) block status", exportName: info.name)
         }
         try planner.checkBounds(offset: offset, length: length)
         let range = planner.aligned(offset: offset, length: length)
@@ -219,7 +225,7 @@ public final class NBDClient: Sendable {
             let want = UInt32(min(UInt64(Self.nonPayloadLimit), range.upperBound - position))
             let future = await submit(.blockStatus, offset: position, length: want)
             guard case .blockStatus(let contexts) = try await waitOne(future), let descriptors = contexts[contextID] else {
-                throw NBDError.violation("block status reply without base:allocation extents")
+                throw NBDError.violation("block status reply without \(context) extents")
             }
             let received = NBDExtent.extents(from: descriptors, at: position, upTo: range.upperBound)
             guard let last = received.last else { throw NBDError.violation("block status reply made no progress") }

@@ -52,6 +52,9 @@ public struct NBDClientConfiguration: Sendable {
     public var structuredReplies: Bool
     /// Metadata contexts to request; `base:allocation` enables `blockStatus`.
     public var metaContexts: [String]
+    /// When not empty: list the contexts the export offers (`NBDExportInfo.availableMetaContexts`)
+    /// and request also those whose names start with one of these (e.g. `qemu:dirty-bitmap:`).
+    public var listedContextPrefixes: [String] = []
     /// Most requests one connection keeps in flight.
     public var maximumRequestsInFlight: Int
     /// Most payload bytes (read or write) one connection keeps in flight.

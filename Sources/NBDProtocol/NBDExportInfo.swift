@@ -44,6 +44,8 @@ public struct NBDExportInfo: Hashable, Sendable {
     public var structuredReplies: Bool
     /// Metadata contexts negotiated, by name, with the ids the server gave them.
     public var metaContexts: [String: UInt32]
+    /// Every context the export offers, when the client asked (NBD_OPT_LIST_META_CONTEXT).
+    public var availableMetaContexts: [String]
 
     public init(
         name: String,
@@ -53,7 +55,8 @@ public struct NBDExportInfo: Hashable, Sendable {
         flags: NBDTransmissionFlags,
         advertisedBlockSize: NBDBlockSize? = nil,
         structuredReplies: Bool = false,
-        metaContexts: [String: UInt32] = [:]
+        metaContexts: [String: UInt32] = [:],
+        availableMetaContexts: [String] = []
     ) {
         self.name = name
         self.canonicalName = canonicalName
@@ -63,6 +66,7 @@ public struct NBDExportInfo: Hashable, Sendable {
         self.advertisedBlockSize = advertisedBlockSize
         self.structuredReplies = structuredReplies
         self.metaContexts = metaContexts
+        self.availableMetaContexts = availableMetaContexts
     }
 
     /// The constraints the client honours: the advertised ones, or safe defaults.

@@ -7,6 +7,10 @@ extension NBDHandshakeStateMachine {
         var noZeroes = false
         var structuredReplies = false
         var metaContexts: [String: UInt32] = [:]
+        /// Contexts the export offers (from LIST_META_CONTEXT, when asked).
+        var availableMetaContexts: [String] = []
+        /// Contexts SET_META_CONTEXT asked for.
+        var requestedMetaContexts: [String] = []
         var exports: [NBDExportListing] = []
         var size: UInt64?
         var flags = NBDTransmissionFlags()
@@ -23,6 +27,16 @@ extension NBDHandshakeStateMachine {
                 throw .violation("server selected metadata context \"\(name)\" that was not asked for")
             }
             metaContexts[name] = id
+        }
+
+        /// An `NBD_REP_META_CONTEXT` reply to LIST_META_CONTEXT: one context the export offers.
+        mutating func recordAvailableMetaContext(_ payload: inout ByteBuffer) throws(NBDError) {
+            guard payload.readInteger(as: UInt32.self) != nil,
+                  let bytes = payload.readBytes(length: payload.readableBytes),
+                  let name = String(validating: bytes, as: UTF8.self), !name.isEmpty
+            else { throw .violation("malformed NBD_REP_META_CONTEXT reply to LIST_META_CONTEXT") }
+            guard availableMetaContexts.count < 4096 else { throw .violation("more than 4096 metadata contexts listed") }
+            availableMetaContexts.append(name)
         }
 
         /// An `NBD_REP_INFO` reply to GO, each type's length checked exactly.
@@ -81,7 +95,8 @@ extension NBDHandshakeStateMachine {
                 flags: flags,
                 advertisedBlockSize: blockSize,
                 structuredReplies: structuredReplies,
-                metaContexts: metaContexts
+                metaContexts: metaContexts,
+                availableMetaContexts: availableMetaContexts
             )
         }
     }

@@ -26,12 +26,19 @@ public struct NBDHandshakeStateMachine: Sendable {
         public var structuredReplies: Bool
         /// Metadata contexts to request (needs structured replies).
         public var metaContexts: [String]
+        /// When not empty: first ask which contexts the export offers (NBD_OPT_LIST_META_CONTEXT),
+        /// then request also every one offered whose name starts with one of these.
+        public var listedContextPrefixes: [String]
 
-        public init(goal: Goal, useTLS: Bool = false, structuredReplies: Bool = true, metaContexts: [String] = [NBDMetaContext.baseAllocation]) {
+        public init(
+            goal: Goal, useTLS: Bool = false, structuredReplies: Bool = true, metaContexts: [String] = [NBDMetaContext.baseAllocation],
+            listedContextPrefixes: [String] = []
+        ) {
             self.goal = goal
             self.useTLS = useTLS
             self.structuredReplies = structuredReplies
             self.metaContexts = metaContexts
+            self.listedContextPrefixes = listedContextPrefixes
         }
     }
 
@@ -206,8 +213,26 @@ public struct NBDHandshakeStateMachine: Sendable {
 
     private mutating func sendMetaContextOrGo(_ progress: Progress) -> Action {
         var out = ByteBuffer()
-        if progress.structuredReplies && !configuration.metaContexts.isEmpty {
-            let payload = NBDOptionPayload.metaContext(exportName: exportName ?? "", queries: configuration.metaContexts)
+        if progress.structuredReplies && !configuration.listedContextPrefixes.isEmpty {
+            // No queries: the server lists every context the export offers.
+            let payload = NBDOptionPayload.metaContext(exportName: exportName ?? "", queries: [])
+            return sendOption(.listMetaContext, payload: payload, progress: progress, into: &out)
+        }
+        return sendSetMetaContextOrGo(progress)
+    }
+
+    /// SET_META_CONTEXT for the configured contexts and the listed ones wanted, or straight to GO.
+    private mutating func sendSetMetaContextOrGo(_ progress: Progress) -> Action {
+        var out = ByteBuffer()
+        var progress = progress
+        var wanted = configuration.metaContexts
+        for name in progress.availableMetaContexts
+        where !wanted.contains(name) && configuration.listedContextPrefixes.contains(where: { name.hasPrefix($0) }) {
+            wanted.append(name)
+        }
+        progress.requestedMetaContexts = wanted
+        if progress.structuredReplies && !wanted.isEmpty {
+            let payload = NBDOptionPayload.metaContext(exportName: exportName ?? "", queries: wanted)
             return sendOption(.setMetaContext, payload: payload, progress: progress, into: &out)
         }
         return sendGo(progress, into: &out)
@@ -248,6 +273,8 @@ public struct NBDHandshakeStateMachine: Sendable {
             return sendMetaContextOrGo(progress)
         case .setMetaContext:
             return metaContextReply(replyType, &payload, progress: progress)
+        case .listMetaContext:
+            return listMetaContextReply(replyType, &payload, progress: progress)
         case .go:
             return goReply(replyType, &payload, progress: progress)
         case .list:
@@ -268,6 +295,11 @@ public struct NBDHandshakeStateMachine: Sendable {
         case .structuredReply:
             // Optional: carry on with simple replies.
             return sendMetaContextOrGo(progress)
+        case .listMetaContext:
+            // Optional: request the configured contexts only.
+            var progress = progress
+            progress.availableMetaContexts = []
+            return sendSetMetaContextOrGo(progress)
         case .setMetaContext:
             // Optional: carry on without block status.
             var progress = progress
@@ -302,7 +334,7 @@ public struct NBDHandshakeStateMachine: Sendable {
         var progress = progress
         switch replyType {
         case NBDOptionReplyType.metaContext:
-            do { try progress.recordMetaContext(&payload, asked: configuration.metaContexts) } catch { return fail(error) }
+            do { try progress.recordMetaContext(&payload, asked: progress.requestedMetaContexts) } catch { return fail(error) }
             state = .awaitingOptionReply(.setMetaContext, progress)
             return .wait
         case NBDOptionReplyType.ack:
@@ -310,6 +342,20 @@ public struct NBDHandshakeStateMachine: Sendable {
             return sendGo(progress, into: &out)
         default:
             return unexpectedReply(replyType, .setMetaContext)
+        }
+    }
+
+    private mutating func listMetaContextReply(_ replyType: UInt32, _ payload: inout ByteBuffer, progress: Progress) -> Action {
+        var progress = progress
+        switch replyType {
+        case NBDOptionReplyType.metaContext:
+            do { try progress.recordAvailableMetaContext(&payload) } catch { return fail(error) }
+            state = .awaitingOptionReply(.listMetaContext, progress)
+            return .wait
+        case NBDOptionReplyType.ack:
+            return sendSetMetaContextOrGo(progress)
+        default:
+            return unexpectedReply(replyType, .listMetaContext)
         }
     }
 

@@ -189,13 +189,16 @@ public enum Servers {
     }
 
     /// qemu-nbd serving `image` (an --image-opts string when `imageOptions`), persistent, on a Unix socket.
-    public static func qemuNBD(image: String, imageOptions: Bool = false, readOnly: Bool = false, format: String? = "raw") async throws -> TestServer {
+    public static func qemuNBD(
+        image: String, imageOptions: Bool = false, readOnly: Bool = false, format: String? = "raw", extraArguments: [String] = []
+    ) async throws -> TestServer {
         let directory = try Tools.temporaryDirectory()
         let pidFile = directory.appendingPathComponent("qemu-nbd.pid")
         let socket = directory.appendingPathComponent("nbd.sock").path
         // --shared: several clients at once (qemu-nbd serves one by default).
         var arguments = ["--fork", "--pid-file=\(pidFile.path)", "-k", socket, "-t", "--shared=16"]
         if readOnly { arguments.append("--read-only") }
+        arguments += extraArguments
         if imageOptions {
             arguments += ["--image-opts", image]
         } else {

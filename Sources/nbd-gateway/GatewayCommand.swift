@@ -121,6 +121,8 @@ struct GatewayCommand: AsyncParsableCommand {
 
         var client = NBDClientConfiguration()
         client.requestTimeout = .seconds(Int64(settings.requestTimeout))
+        // Dirty bitmaps and allocation depth, where the export offers them, for /extents?context=.
+        client.listedContextPrefixes = ["qemu:dirty-bitmap:", "qemu:allocation-depth"]
         if settings.nbdTLSCA != nil || settings.nbdTLSCert != nil {
             // Used for nbds:// backends only; nbd:// ones stay plain.
             client.tls = NBDTLSConfiguration(caCertificateFile: settings.nbdTLSCA, clientCertificateFile: settings.nbdTLSCert, clientKeyFile: settings.nbdTLSKey)

@@ -90,7 +90,7 @@ struct ToolReadRetryTests {
         func written() -> Int {
             ((try? FileManager.default.attributesOfItem(atPath: output.path)[.size]) as? NSNumber)?.intValue ?? 0
         }
-        try await waitUntil("nbd read has written its first bytes") { written() > 0 }
+        try await waitUntil("nbd read has written its first bytes", seconds: 60) { written() > 0 }
         try await server.crash()
         let writtenAtCrash = written()
         #expect(writtenAtCrash < Self.size, "the read ended before the server was killed: nothing was proved")

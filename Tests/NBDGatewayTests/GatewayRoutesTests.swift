@@ -168,7 +168,7 @@ struct GatewayRoutesTests {
     func commands() async {
         #expect(await put("/exports/disk/data", [9], query: [("offset", "70000")]).status == 200)
         let extents = String(decoding: await body(await routes.respond(to: request("GET", "/exports/disk/extents", query: [("length", "196608")]))), as: UTF8.self)
-        #expect(extents == #"{"offset":0,"length":196608,"extents":[{"offset":0,"length":65536,"hole":true,"zero":true},{"offset":65536,"length":65536,"hole":false,"zero":false},{"offset":131072,"length":65536,"hole":true,"zero":true}]}"#)
+        #expect(extents == #"{"context":"base:allocation","offset":0,"length":196608,"extents":[{"offset":0,"length":65536,"hole":true,"zero":true},{"offset":65536,"length":65536,"hole":false,"zero":false},{"offset":131072,"length":65536,"hole":true,"zero":true}]}"#)
         #expect(await routes.respond(to: request("POST", "/exports/disk/flush")).status == 200)
         #expect(await routes.respond(to: request("POST", "/exports/disk/zero", query: [("offset", "65536"), ("length", "65536")])).status == 200)
         #expect(disk.bytes(70000..<70001) == [0])

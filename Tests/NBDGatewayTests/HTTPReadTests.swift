@@ -241,7 +241,7 @@ struct HTTPReadTests {
             }
             let extents = try await gateway.get("/exports/disk/extents")
             #expect(extents.status == 200)
-            #expect(extents.text == #"{"offset":0,"length":0,"extents":[]}"#)
+            #expect(extents.text == #"{"context":"base:allocation","offset":0,"length":0,"extents":[]}"#)
             let empty = try await gateway.put("/exports/disk/data", [])
             #expect(empty.status == 200)
             #expect(empty.text == #"{"operation":"write","offset":0,"length":0}"#)

@@ -178,6 +178,71 @@ struct HandshakeStateMachineTests {
         #expect(!info.canBlockStatus)
     }
 
+    @Test func listedContextsWithAWantedPrefixAreRequestedToo() {
+        let configuration = NBDHandshakeStateMachine.Configuration(goal: .negotiate(exportName: "disk"), listedContextPrefixes: ["qemu:dirty-bitmap:"])
+        let inputs: [Input] = [
+            .server(Server.greeting(flags: 0x0003)),
+            .server(Server.ack(8)),
+            .server(Server.metaContext(id: 0, name: "base:allocation", option: 9)),
+            .server(Server.metaContext(id: 0, name: "qemu:allocation-depth", option: 9)),
+            .server(Server.metaContext(id: 0, name: "qemu:dirty-bitmap:b0", option: 9)),
+            .server(Server.ack(9)),
+            .server(Server.metaContext(id: 7, name: "base:allocation")),
+            .server(Server.metaContext(id: 8, name: "qemu:dirty-bitmap:b0")),
+            .server(Server.ack(10)),
+            .server(Server.infoExport(size: 512, flags: 0x0001)),
+            .server(Server.ack(7)),
+        ]
+        let run = handshake(configuration, inputs)
+        #expect(run.steps == [
+            .send(Client.flagsNoZeroes + Client.structuredReply),
+            .send(Client.listMetaContextDisk),
+            .send(Client.setMetaContextDiskAndBitmap),
+            .send(Client.goDisk),
+            .negotiated(NBDExportInfo(
+                name: "disk", size: 512, flags: .hasFlags, structuredReplies: true,
+                metaContexts: ["base:allocation": 7, "qemu:dirty-bitmap:b0": 8],
+                availableMetaContexts: ["base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:b0"]
+            )),
+        ])
+    }
+
+    @Test func refusedListStillRequestsTheConfiguredContexts() {
+        let configuration = NBDHandshakeStateMachine.Configuration(goal: .negotiate(exportName: "disk"), listedContextPrefixes: ["qemu:"])
+        let inputs: [Input] = [
+            .server(Server.greeting(flags: 0x0003)),
+            .server(Server.ack(8)),
+            .server(Server.error(9, .unsupported)),
+            .server(Server.metaContext(id: 7, name: "base:allocation")),
+            .server(Server.ack(10)),
+            .server(Server.infoExport(size: 512, flags: 0x0001)),
+            .server(Server.ack(7)),
+        ]
+        let run = handshake(configuration, inputs)
+        #expect(run.steps == [
+            .send(Client.flagsNoZeroes + Client.structuredReply),
+            .send(Client.listMetaContextDisk),
+            .send(Client.setMetaContextDisk),
+            .send(Client.goDisk),
+            .negotiated(NBDExportInfo(name: "disk", size: 512, flags: .hasFlags, structuredReplies: true, metaContexts: ["base:allocation": 7])),
+        ])
+    }
+
+    @Test func malformedListedContextIsAViolation() {
+        let configuration = NBDHandshakeStateMachine.Configuration(goal: .negotiate(exportName: "disk"), listedContextPrefixes: ["qemu:"])
+        let inputs: [Input] = [
+            .server(Server.greeting(flags: 0x0003)),
+            .server(Server.ack(8)),
+            .server(Server.optionReply(option: 9, type: 4, payload: [0, 0])),
+        ]
+        let run = handshake(configuration, inputs)
+        guard case .fail(let code, _, _, _)? = run.steps.last else {
+            Issue.record("did not fail: \(run.steps)")
+            return
+        }
+        #expect(code == .protocolViolation)
+    }
+
     @Test func metaContextAckWithoutContextsGivesNone() {
         let inputs: [Input] = [
             .server(Server.greeting(flags: 0x0003)),

@@ -20,6 +20,7 @@ public struct GatewayError: Error, Sendable, Equatable {
         public static let unauthorized: Code = "unauthorized"
         public static let accessDenied: Code = "access_denied"
         public static let preconditionFailed: Code = "precondition_failed"
+        public static let digestMismatch: Code = "digest_mismatch"
         public static let overloaded: Code = "overloaded"
         public static let listingRefused: Code = "listing_refused"
         public static let payloadTooLarge: Code = "payload_too_large"
@@ -139,6 +140,12 @@ public struct GatewayError: Error, Sendable, Equatable {
             self = .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: export)
         case .nbd(let error):
             self = GatewayError(error, export: export, exportSize: exportSize, writing: true)
+        case .digestMismatch(let expected, let actual):
+            self = GatewayError(
+                .badRequest, .digestMismatch,
+                "the body's \(actual.headerValue) differs from Content-Digest \(expected.headerValue); the bytes were written: send them again",
+                export: export
+            )
         }
     }
 

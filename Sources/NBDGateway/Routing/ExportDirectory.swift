@@ -14,6 +14,8 @@ public protocol NBDBlockDevice: Sendable {
     func trim(at offset: UInt64, length: UInt64, fua: Bool) async throws
     func writeZeroes(at offset: UInt64, length: UInt64, fua: Bool, fastZero: Bool, noHole: Bool) async throws
     func blockStatus(at offset: UInt64, length: UInt64) async throws -> [NBDExtent]
+    /// The map in a negotiated metadata context, with that context's flags.
+    func blockStatus(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent]
 }
 
 extension NBDClient: NBDBlockDevice {

@@ -4,13 +4,16 @@ extension GatewayRoutes {
     func extents(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
         let offsetParameter = try number(request, "offset")
         let lengthParameter = try number(request, "length")
+        let summary = try flag(request, "summary")
+        let context = request.queryValue("context") ?? NBDMetaContext.baseAllocation
         let (pool, info, name) = try await open(route)
-        guard info.canBlockStatus else {
-            throw .notImplemented("export \"\(name)\" did not negotiate base:allocation", export: name)
+        guard info.metaContexts[context] != nil else {
+            let offered = (info.availableMetaContexts.isEmpty ? Array(info.metaContexts.keys) : info.availableMetaContexts).sorted()
+            throw .notImplemented("export \"\(name)\" did not negotiate \(context) (it offers \(offered.isEmpty ? "none" : offered.joined(separator: ", ")))", export: name)
         }
         let offset = offsetParameter ?? 0
         if info.size == 0 && offsetParameter == nil && lengthParameter == nil {
-            return .json(200, #"{"offset":0,"length":0,"extents":[]}"#)
+            return .json(200, summary ? #"{"context":"\#(context)","offset":0,"length":0,"totals":[]}"# : #"{"context":"\#(context)","offset":0,"length":0,"extents":[]}"#)
         }
         guard offset < info.size else {
             throw .unsatisfiable("offset \(offset) is not inside the export (size \(info.size))", size: info.size, export: name)
@@ -20,14 +23,16 @@ extension GatewayRoutes {
         guard length <= info.size - offset else {
             throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
         }
-        let extents = try await withClient(pool, info) { try await $0.blockStatus(at: offset, length: length) }
+        let extents = try await withReadRetries(pool, info) { try await $0.blockStatus(at: offset, length: length, context: context) }
         let covered = extents.reduce(0) { $0 + $1.length }
+        if summary {
+            return .json(200, ExtentKinds.summaryJSON(extents, context: context, offset: offset, length: covered).rendered)
+        }
         let body = JSON.Value.object([
+            ("context", .string(context)),
             ("offset", .int(offset)),
             ("length", .int(covered)),
-            ("extents", .array(extents.map {
-                .object([("offset", .int($0.offset)), ("length", .int($0.length)), ("hole", .bool($0.isHole)), ("zero", .bool($0.isZero))])
-            })),
+            ("extents", .array(extents.map { ExtentKinds.extentJSON($0, context: context) })),
         ])
         return .json(200, body.rendered)
     }

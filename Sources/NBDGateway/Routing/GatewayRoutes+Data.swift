@@ -113,7 +113,7 @@ extension GatewayRoutes {
     }
 
     /// A PUT's query parameters and headers, parsed.
-    typealias PutSyntax = (fua: Bool, offset: UInt64?, contentRange: ByteRanges.ContentRange?, contentLength: UInt64?)
+    typealias PutSyntax = (fua: Bool, offset: UInt64?, contentRange: ByteRanges.ContentRange?, contentLength: UInt64?, digest: ContentDigest?)
 
     /// The PUT's query and headers, checked before anything else (400s).
     func putSyntax(_ request: GatewayRequest) throws(GatewayError) -> PutSyntax {
@@ -131,12 +131,20 @@ extension GatewayRoutes {
             guard let parsed = ByteRanges.decimal(Substring(header)) else { throw .badRequest("bad Content-Length \"\(header)\"") }
             contentLength = parsed
         }
-        return (fua, offsetParameter, contentRange, contentLength)
+        var digest: ContentDigest?
+        if let header = request.header("Content-Digest") {
+            let parsed = ContentDigest.parse(header)
+            guard !parsed.malformed else {
+                throw .badRequest("Content-Digest must be a dictionary of byte sequences (sha-256=:BASE64:), not \"\(header)\"")
+            }
+            digest = parsed.digest
+        }
+        return (fua, offsetParameter, contentRange, contentLength, digest)
     }
 
     /// Decides a PUT once the export is known: permission (403), bounds (416), then the upload.
     func preparePut(_ request: GatewayRequest, _ syntax: PutSyntax, pool: Catalog.Export, info: NBDExportInfo, name: String) throws(GatewayError) -> UploadDecision {
-        let (fua, offsetParameter, contentRange, contentLength) = syntax
+        let (fua, offsetParameter, contentRange, contentLength, digest) = syntax
         try requireWritable(info, name)
         let size = info.size
         if let contentRange, let offsetParameter, contentRange.first != offsetParameter {
@@ -168,7 +176,7 @@ extension GatewayRoutes {
         let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
         let session = UploadSession(
             offset: offset, declaredLength: declared, exportSize: size, maximumLength: settings.maximumBodySize,
-            chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, spawn: spawn,
+            chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, expectedDigest: digest, spawn: spawn,
             write: { chunkOffset, chunk in
                 try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }
                 pool.countWritten(chunk.readableBytes)
@@ -191,7 +199,7 @@ extension GatewayRoutes {
                 let tag = etag(pool, name)
                 response = resumeForm
                     ? GatewayResponse(status: 204, headers: [("ETag", tag)])
-                    : .json(200, Self.operationJSON("write", offset: offset, length: length), headers: [("ETag", tag)])
+                    : .json(200, Self.operationJSON("write", offset: offset, length: length, contentDigest: digest), headers: [("ETag", tag)])
             case .failure(let failure):
                 response = GatewayError(failure, export: name, exportSize: size).response(requestID: requestID)
             }

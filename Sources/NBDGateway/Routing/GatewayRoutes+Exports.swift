@@ -59,6 +59,8 @@ extension GatewayRoutes {
             ("can_cache", .bool(metadata.canCache)),
             ("block_size", blockSizeJSON(info)),
             ("contexts", .array(metadata.contexts.map { .string($0) })),
+            // Everything the export offers (NBD_OPT_LIST_META_CONTEXT); `contexts` is what was negotiated.
+            ("available_contexts", .array((info.availableMetaContexts.isEmpty ? metadata.contexts : info.availableMetaContexts).map { .string($0) })),
             ("structured_replies", .bool(metadata.structuredReplies)),
             // Replicas each hold their own connections: only CAN_MULTI_CONN (with the flush
             // before acknowledging) makes one replica's writes visible through another.
@@ -66,7 +68,11 @@ extension GatewayRoutes {
         ])
     }
 
-    static func operationJSON(_ operation: String, offset: UInt64, length: UInt64) -> String {
-        JSON.Value.object([("operation", .string(operation)), ("offset", .int(offset)), ("length", .int(length))]).rendered
+    /// The answer to a write, zero, trim or flush; a write with `Content-Digest` echoes the
+    /// digest its body matched.
+    static func operationJSON(_ operation: String, offset: UInt64, length: UInt64, contentDigest: ContentDigest? = nil) -> String {
+        var fields: [(String, JSON.Value)] = [("operation", .string(operation)), ("offset", .int(offset)), ("length", .int(length))]
+        if let contentDigest { fields.append(("content_digest", .string(contentDigest.headerValue))) }
+        return JSON.Value.object(fields).rendered
     }
 }

@@ -23,6 +23,8 @@ public final class UploadSession: Sendable {
         var readerSuspended = false
         var wake: (@Sendable () -> Void)?
         var drained: CheckedContinuation<Void, Never>?
+        /// The body's digest so far, when the request sent `Content-Digest`.
+        var digest: RunningDigest?
     }
 
     public let offset: UInt64
@@ -39,10 +41,12 @@ public final class UploadSession: Sendable {
     private let complete: @Sendable () async throws -> Void
     private let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
     private let state: Mutex<State>
+    /// The request's `Content-Digest`, checked once the body is in.
+    public let expectedDigest: ContentDigest?
 
     public init(
         offset: UInt64, declaredLength: UInt64?, exportSize: UInt64, maximumLength: UInt64? = nil,
-        chunkSize: Int = 1 << 20, highWater: Int = 8 << 20,
+        chunkSize: Int = 1 << 20, highWater: Int = 8 << 20, expectedDigest: ContentDigest? = nil,
         spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void,
         write: @escaping @Sendable (UInt64, ByteBuffer) async throws -> Void,
         complete: @escaping @Sendable () async throws -> Void
@@ -57,7 +61,10 @@ public final class UploadSession: Sendable {
         self.spawn = spawn
         self.write = write
         self.complete = complete
-        self.state = Mutex(State(stagingOffset: offset))
+        self.expectedDigest = expectedDigest
+        var initial = State(stagingOffset: offset)
+        initial.digest = expectedDigest.map { RunningDigest($0.algorithm) }
+        self.state = Mutex(initial)
     }
 
     /// Sets how the server's connection is resumed after `offer` suspended it.
@@ -84,6 +91,7 @@ public final class UploadSession: Sendable {
                 return []
             }
             state.received = newTotal
+            state.digest?.update(bytes)
             var chunks: [(UInt64, ByteBuffer)] = []
             var consumed = 0
             while consumed < bytes.count {
@@ -172,7 +180,7 @@ public final class UploadSession: Sendable {
             }
             if now { continuation.resume() }
         }
-        let (received, error) = state.withLock { ($0.received, $0.error) }
+        let (received, error, digest) = state.withLock { ($0.received, $0.error, $0.digest) }
         if let error { return .failure(error) }
         if let declaredLength, received < declaredLength {
             return .failure(.shorterThanDeclared(received: received, declared: declaredLength))
@@ -181,6 +189,10 @@ public final class UploadSession: Sendable {
             try await complete()
         } catch {
             return .failure(UploadFailure(error))
+        }
+        // Checked last: the bytes are written either way, and the answer says so.
+        if let expectedDigest, let actual = digest?.finalize(), actual != expectedDigest {
+            return .failure(.digestMismatch(expected: expectedDigest, actual: actual))
         }
         return .success(received)
     }
@@ -199,6 +211,8 @@ public enum UploadFailure: Error, Sendable, Equatable {
     case overMaximum(UInt64)
     /// A write or the final flush failed.
     case nbd(NBDError)
+    /// Every byte was written, but their digest is not the request's `Content-Digest`.
+    case digestMismatch(expected: ContentDigest, actual: ContentDigest)
 
     init(_ error: any Error) {
         self = .nbd(error as? NBDError ?? NBDError(.disconnected, NBDClient.plainDescription(of: error)))
@@ -211,6 +225,7 @@ public enum UploadFailure: Error, Sendable, Equatable {
         case (.shorterThanDeclared(let a, let b), .shorterThanDeclared(let c, let d)): a == c && b == d
         case (.passesEnd(let a), .passesEnd(let b)): a == b
         case (.overMaximum(let a), .overMaximum(let b)): a == b
+        case (.digestMismatch(let a, let b), .digestMismatch(let c, let d)): a == c && b == d
         case (.nbd(let a), .nbd(let b)): a.code == b.code && a.errno == b.errno && a.optionError == b.optionError
         default: false
         }

@@ -78,6 +78,11 @@ final class MemoryDisk: NBDBlockDevice {
         state.withLock { $0.bytes.replaceSubrange(Int(offset)..<Int(offset + length), with: repeatElement(0, count: Int(length))) }
     }
 
+    func blockStatus(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent] {
+        guard context == NBDMetaContext.baseAllocation else { throw NBDError(.unimplemented, "only base:allocation") }
+        return try await blockStatus(at: offset, length: length)
+    }
+
     /// 64 KiB blocks: data where any byte is set, hole and zero elsewhere; equal neighbours merged.
     func blockStatus(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
         try check(.blockStatus)

@@ -64,7 +64,7 @@ CODE_STATUS = {
     "method_not_allowed": 405, "payload_too_large": 413, "range_not_satisfiable": 416,
     "too_many_ranges": 416, "request_header_too_large": 431, "internal_error": 500,
     "not_implemented": 501, "backend_unreachable": 502, "backend_error": 502, "bad_gateway": 502,
-    "service_unavailable": 503, "not_ready": 503, "gateway_timeout": 504, "insufficient_storage": 507, "precondition_failed": 412,
+    "service_unavailable": 503, "not_ready": 503, "gateway_timeout": 504, "insufficient_storage": 507, "precondition_failed": 412, "digest_mismatch": 400,
 }
 BASE = "urn:nbd-gateway:openapi"
 
