@@ -37,6 +37,7 @@ let package = Package(
             name: "NBDClient",
             dependencies: [
                 "NBDProtocol",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -92,6 +93,7 @@ let package = Package(
                 "NBDClient",
                 "NBDChecksum",
                 "CMicroHTTPD",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -125,13 +127,17 @@ let package = Package(
         // Starts real NBD servers and peer tools for the tests (by PID, on Unix sockets or free ports).
         .target(
             name: "NBDTestSupport",
-            dependencies: ["CSpawn", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                "CSpawn", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             swiftSettings: strictSwift6
         ),
         .testTarget(
             name: "NBDGatewayTests",
             dependencies: [
                 "CSpawn",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 "NBDGateway",
                 "NBDTestSupport",
                 "NBDClient",
@@ -149,6 +155,7 @@ let package = Package(
             name: "NBDClientTests",
             dependencies: [
                 "NBDTestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 "NBDClient",
                 "NBDChecksum",
                 "NBDProtocol",

@@ -80,8 +80,8 @@ struct ToolReadRetryTests {
 
     @Test("the server killed in the middle of a read and started again: the read goes on on a new connection, byte-exact")
     func lostConnection() async throws {
-        // 200 ms a read, 8 in flight, 64 chunks: the read takes at least 1.6 s.
-        let server = try await RestartableServer(["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=200ms"])
+        // 500 ms a read, 8 in flight, 64 chunks: the read takes at least 4 s.
+        let server = try await RestartableServer(["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=500ms"])
         defer { server.stop() }
         let tool = try nbdToolPath()
         let output = server.directory.appendingPathComponent("out.bin")

@@ -24,34 +24,40 @@ struct ShutdownTests {
         }) { server in
             let gateway = try await Gateway.start(["--export", "disk=\(server.uri)", "--shutdown-grace", String(grace)])
             let port = gateway.port
-            try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
-                for index in 0..<count {
-                    group.addTask {
-                        let range = "bytes=\(index * 4096)-\(index * 4096 + 4095)"
-                        return try await RawHTTP.send(HTTPRequest("GET", "/exports/disk/data", headers: [("Range", range)]), port: port)
+            // A failure before the stop below must not leave the gateway running.
+            do {
+                try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
+                    for index in 0..<count {
+                        group.addTask {
+                            let range = "bytes=\(index * 4096)-\(index * 4096 + 4095)"
+                            return try await RawHTTP.send(HTTPRequest("GET", "/exports/disk/data", headers: [("Range", range)]), port: port)
+                        }
                     }
+                    // Every request is suspended once nbdkit has received all its reads.
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    var reads = 0
+                    while ContinuousClock.now < deadline {
+                        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+                        reads = text.split(separator: "\n").filter { $0.contains(" Read ") && !$0.contains("return=") }.count
+                        if reads >= count { break }
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                    try #require(reads == count, "nbdkit received \(reads) of the \(count) reads")
+                    let (status, timedOut, exitTime) = await gateway.process.stopTimed(timeout: .seconds(Int64(grace) + 8))
+                    let took = exitTime ?? .seconds(3600)
+                    #expect(!timedOut && status == 0, "exit \(status); stderr: \(gateway.process.stderrText.suffix(2000))")
+                    #expect(took < .seconds(grace + 2), "took \(took); stderr: \(gateway.process.stderrText.split(separator: "\n").filter { !$0.contains("request failed") }.joined(separator: "\n"))")
+                    var statuses: [Int] = []
+                    for try await response in group {
+                        statuses.append(response.status)
+                        #expect(response.status == 503 && response.errorCode == "service_unavailable", "\(response.summary)")
+                        #expect(response.header("Retry-After") != nil)
+                    }
+                    #expect(statuses.count == count)
                 }
-                // Every request is suspended once nbdkit has received all its reads.
-                let deadline = ContinuousClock.now + .seconds(20)
-                var reads = 0
-                while ContinuousClock.now < deadline {
-                    let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-                    reads = text.split(separator: "\n").filter { $0.contains(" Read ") && !$0.contains("return=") }.count
-                    if reads >= count { break }
-                    try await Task.sleep(for: .milliseconds(50))
-                }
-                try #require(reads == count, "nbdkit received \(reads) of the \(count) reads")
-                let (status, timedOut, exitTime) = await gateway.process.stopTimed(timeout: .seconds(Int64(grace) + 8))
-                let took = exitTime ?? .seconds(3600)
-                #expect(!timedOut && status == 0, "exit \(status); stderr: \(gateway.process.stderrText.suffix(2000))")
-                #expect(took < .seconds(grace + 2), "took \(took); stderr: \(gateway.process.stderrText.split(separator: "\n").filter { !$0.contains("request failed") }.joined(separator: "\n"))")
-                var statuses: [Int] = []
-                for try await response in group {
-                    statuses.append(response.status)
-                    #expect(response.status == 503 && response.errorCode == "service_unavailable", "\(response.summary)")
-                    #expect(response.header("Retry-After") != nil)
-                }
-                #expect(statuses.count == count)
+            } catch {
+                await gateway.stop()
+                throw error
             }
             await gateway.stop()
         }

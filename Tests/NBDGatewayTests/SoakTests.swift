@@ -8,7 +8,7 @@ import Testing
 /// `SOAK_SECONDS=600 swift test --filter SoakTests` (memory and descriptors sampled each minute). Every answer is either right or the contract's JSON
 /// error, never wrong bytes; afterwards the gateway serves, every block acknowledged last reads
 /// back, and its descriptors and memory are back near where they started.
-@Suite("Soak: load through backend crashes", .timeLimit(.minutes(2)))
+@Suite("Soak: load through backend crashes", .timeLimit(.minutes(15)))
 struct SoakTests {
     static let blockSize = 65536
     static let clients = 8
@@ -32,6 +32,8 @@ struct SoakTests {
         func start() async throws {
             try? FileManager.default.removeItem(atPath: socket)  // Left behind by a SIGKILL.
             let pidFile = directory.appendingPathComponent("nbdkit.pid")
+            // The last run's file would give its PID (nbdkit writes the file just after forking).
+            try? FileManager.default.removeItem(at: pidFile)
             try await Tools.run("nbdkit", ["-P", pidFile.path, "-U", socket, "file", image])
             let started = try await Tools.readPID(pidFile)
             pid.withLock { $0 = started }
