@@ -154,6 +154,7 @@ let package = Package(
         .testTarget(
             name: "NBDClientTests",
             dependencies: [
+                "nbd",
                 "NBDTestSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 "NBDClient",

@@ -8,14 +8,13 @@ public final class BlockChecksum {
     public let algorithm: ChecksumAlgorithm
     public let blockSize: Int
     private let outer: IncrementalHash
-    /// The digest of one whole block of zeroes.
-    private let zeroBlockDigest: [UInt8]
+    /// The digest of one whole block of zeroes, made when first needed.
+    private var zeroBlockDigest: [UInt8]?
 
     public init(algorithm: ChecksumAlgorithm, blockSize: Int) {
         self.algorithm = algorithm
         self.blockSize = blockSize
         outer = IncrementalHash(algorithm)
-        zeroBlockDigest = Self.zeroDigest(algorithm, count: blockSize)
     }
 
     /// The digest of one block made of `slices`, in order.
@@ -40,7 +39,11 @@ public final class BlockChecksum {
 
     /// The digest a zero block of `count` bytes has (the whole-block one is kept).
     public func zeroDigest(count: Int) -> [UInt8] {
-        count == blockSize ? zeroBlockDigest : Self.zeroDigest(algorithm, count: count)
+        guard count == blockSize else { return Self.zeroDigest(algorithm, count: count) }
+        if let zeroBlockDigest { return zeroBlockDigest }
+        let digest = Self.zeroDigest(algorithm, count: count)
+        zeroBlockDigest = digest
+        return digest
     }
 
     /// Adds the next block's digest.

@@ -17,6 +17,9 @@ public enum ChecksumAlgorithm: String, CaseIterable, Sendable {
     public static let defaultAlgorithm = ChecksumAlgorithm.blake2b
     public static let defaultBlockSize = 4 << 20
     /// Block sizes accepted: multiples of 4 KiB from 4 KiB to 64 MiB (a block is read whole).
+    /// Most blocks one checksum plans (the plan is kept in memory): 16M blocks, 4 TiB at 256 KiB.
+    public static let maximumBlocks: UInt64 = 1 << 24
+
     public static func isValidBlockSize(_ size: Int) -> Bool {
         size >= 4096 && size <= 64 << 20 && size % 4096 == 0
     }

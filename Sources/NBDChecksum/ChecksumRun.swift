@@ -55,8 +55,11 @@ public enum ChecksumRun {
             var inFlight = 0
             var appended = 0
             var ready: [Int: [UInt8]] = [:]
+            // Digests waiting for an earlier block stay few: zero blocks need no read, so without
+            // this bound a slow data block would let the whole plan's digests pile up.
+            let ahead = 64 * max(1, window)
             while appended < blocks.count {
-                while launched < blocks.count && inFlight < max(1, window) {
+                while launched < blocks.count && inFlight < max(1, window) && launched - appended < ahead {
                     let block = blocks[launched]
                     let index = launched
                     if block.isZero {

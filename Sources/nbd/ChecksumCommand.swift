@@ -43,6 +43,9 @@ struct ChecksumCommand: AsyncParsableCommand {
         guard offset <= size else { throw NBDError(.outOfBounds, "offset \(offset) is past the end (size \(size))") }
         let total = length ?? (size - offset)
         guard total <= size - offset else { throw NBDError(.outOfBounds, "offset \(offset) + length \(total) passes the end (size \(size))") }
+        guard total / UInt64(blockSize) < ChecksumAlgorithm.maximumBlocks else {
+            throw NBDError(.invalidArgument, "\(total) bytes are too many blocks of \(blockSize): use a larger --block-size")
+        }
         return total
     }
 

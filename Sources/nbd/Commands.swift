@@ -77,6 +77,9 @@ struct ReadCommand: AsyncParsableCommand {
                     throw NBDError(.outOfBounds, "offset \(offset) is past the end of the export (size \(client.size))")
                 }
                 let total = length ?? (client.size - offset)
+                guard total <= client.size - offset else {
+                    throw NBDError(.outOfBounds, "offset \(offset) + length \(total) passes the end of the export (size \(client.size))")
+                }
                 let sink = try await OutputFile.open(output)
                 let bar = ProgressBar(enabled: progress, total: total)
                 let retry = NBDReadRetry(attempts: readRetries)

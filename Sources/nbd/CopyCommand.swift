@@ -60,7 +60,7 @@ struct CopyCommand: AsyncParsableCommand {
         }
         try await to.prepare(size: size)
         let extents = try await from.extents(at: 0, length: size)
-        let pieces = CopyPlan.pieces(size: size, extents: extents, chunkSize: chunkSize, zeroesAreFree: to.zeroesAreFree)
+        let pieces = CopyPlan.pieces(size: size, extents: extents, chunkSize: chunkSize, zeroesAreFree: to.zeroesAreFree, alignment: to.alignment)
         let bar = ProgressBar(enabled: progress, total: size)
         let report = ProgressReport(enabled: progressJSON, total: size)
         // Bytes of the disk done so far: holes a fresh file already has count at once.
@@ -119,19 +119,45 @@ struct CopyPiece: Equatable {
 
 enum CopyPlan {
     /// Zero extents become zero pieces of up to 1 GiB (none when the destination already reads
-    /// zeroes there: a fresh file); data extents pieces of `chunkSize`.
-    static func pieces(size: UInt64, extents: [NBDExtent], chunkSize: Int, zeroesAreFree: Bool) -> [CopyPiece] {
-        // Without an allocation map everything is data.
-        let map = extents.isEmpty ? [NBDExtent(offset: 0, length: size, flags: 0)] : extents
+    /// zeroes there: a fresh file); data extents pieces of about `chunkSize`. Every boundary
+    /// lies on the destination's `alignment` grid (its minimum block size): a block half data,
+    /// half zeroes is copied as data, so no two requests running at once ever share a block
+    /// (the edges of an unaligned request are read-modify-write, which is not atomic).
+    static func pieces(size: UInt64, extents: [NBDExtent], chunkSize: Int, zeroesAreFree: Bool, alignment: Int = 1) -> [CopyPiece] {
+        let grid = UInt64(max(1, alignment))
+        func down(_ value: UInt64) -> UInt64 { value / grid * grid }
+        func up(_ value: UInt64) -> UInt64 { min(size, (value + grid - 1) / grid * grid) }
+        // Without an allocation map everything is data. Neighbours of one kind are joined.
+        var runs: [CopyPiece] = []
+        for extent in extents.isEmpty ? [NBDExtent(offset: 0, length: size, flags: 0)] : extents where extent.length > 0 {
+            if let last = runs.last, last.isZero == extent.isZero, last.offset + last.length == extent.offset {
+                runs[runs.count - 1].length += extent.length
+            } else {
+                runs.append(CopyPiece(offset: extent.offset, length: extent.length, isZero: extent.isZero))
+            }
+        }
+        // Zero runs shrink onto the grid, data runs grow onto it; data runs that now meet join.
+        var aligned: [CopyPiece] = []
+        for run in runs {
+            let end = run.offset + run.length
+            let start = run.isZero ? up(run.offset) : down(run.offset)
+            let stop = run.isZero ? (end == size ? end : down(end)) : up(end)
+            guard stop > start else { continue }
+            if let last = aligned.last, !last.isZero, !run.isZero, last.offset + last.length >= start {
+                aligned[aligned.count - 1].length = max(last.offset + last.length, stop) - last.offset
+            } else {
+                aligned.append(CopyPiece(offset: start, length: stop - start, isZero: run.isZero))
+            }
+        }
         var pieces: [CopyPiece] = []
-        for extent in map where extent.length > 0 {
-            if extent.isZero && zeroesAreFree { continue }
-            let step = extent.isZero ? UInt64(1 << 30) : UInt64(chunkSize)
-            var position = extent.offset
-            let end = extent.offset + extent.length
+        for run in aligned {
+            if run.isZero && zeroesAreFree { continue }
+            let step = max(grid, (run.isZero ? UInt64(1 << 30) : UInt64(chunkSize)) / grid * grid)
+            var position = run.offset
+            let end = run.offset + run.length
             while position < end {
                 let length = min(step, end - position)
-                pieces.append(CopyPiece(offset: position, length: length, isZero: extent.isZero))
+                pieces.append(CopyPiece(offset: position, length: length, isZero: run.isZero))
                 position += length
             }
         }

@@ -11,6 +11,8 @@ protocol CopyEnd: Sendable {
     var capacity: UInt64? { get }
     /// As a destination, reads zeroes wherever nothing is written (a file just truncated).
     var zeroesAreFree: Bool { get }
+    /// As a destination, the block size requests should be aligned to.
+    var alignment: Int { get }
     func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent]
     func read(at offset: UInt64, length: Int, lane: Int) async throws -> [ByteBuffer]
     /// Before the first write.
@@ -67,6 +69,7 @@ struct NBDCopyEnd: CopyEnd {
     var size: UInt64 { info.size }
     var capacity: UInt64? { info.size }
     var zeroesAreFree: Bool { false }
+    var alignment: Int { Int(info.blockSize.minimum) }
 
     func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
         guard info.canBlockStatus, length > 0 else { return [] }
@@ -123,6 +126,7 @@ struct FileCopyEnd: CopyEnd {
     var size: UInt64 { file.size }
     var capacity: UInt64? { file.isRegular ? nil : file.size }
     var zeroesAreFree: Bool { file.isRegular }
+    var alignment: Int { file.isRegular ? 1 : 4096 }
 
     func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
         try await file.extents(at: offset, length: length)

@@ -132,6 +132,12 @@ struct RandomAccessFile: Sendable {
                 _ = Foundation.close(descriptor)
                 throw failure
             }
+            let kind = status.st_mode & S_IFMT
+            // A pipe or character device has no size to copy or checksum: refused, not read as empty.
+            guard writing || kind == S_IFREG || kind == S_IFBLK else {
+                _ = Foundation.close(descriptor)
+                throw NBDError(.invalidArgument, "\(path) is not a regular file or block device")
+            }
             var size = UInt64(status.st_size)
             if (status.st_mode & S_IFMT) == S_IFBLK {
                 let end = lseek(descriptor, 0, SEEK_END)
@@ -208,7 +214,12 @@ struct RandomAccessFile: Sendable {
             var position = offset
             while position < end {
                 let data = lseek(descriptor, off_t(position), Self.seekData)
-                // No data after position (ENXIO): a hole to the end.
+                // No data after position (ENXIO): a hole to the end. Any other failure (no
+                // SEEK_DATA here): everything left is data, never assumed zero.
+                if data < 0 && errno != ENXIO {
+                    extents.append(NBDExtent(offset: position, length: end - position, flags: 0))
+                    break
+                }
                 let dataStart = data < 0 ? end : min(end, UInt64(data))
                 if dataStart > position {
                     extents.append(NBDExtent(offset: position, length: dataStart - position, flags: NBDAllocationFlags.hole | NBDAllocationFlags.zero))

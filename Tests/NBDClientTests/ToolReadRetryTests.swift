@@ -86,7 +86,8 @@ struct ToolReadRetryTests {
         let tool = try nbdToolPath()
         let output = server.directory.appendingPathComponent("out.bin")
         let uri = server.uri
-        let read = Task { try await Tools.run(tool, ["read", "--read-retries", "8", uri, "-o", output.path], check: false) }
+        // 30 attempts wait about 40 s in all: a restart on a loaded machine can take several seconds.
+        let read = Task { try await Tools.run(tool, ["read", "--read-retries", "30", uri, "-o", output.path], check: false) }
         func written() -> Int {
             ((try? FileManager.default.attributesOfItem(atPath: output.path)[.size]) as? NSNumber)?.intValue ?? 0
         }

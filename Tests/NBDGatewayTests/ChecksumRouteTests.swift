@@ -61,6 +61,16 @@ struct ChecksumRouteTests {
         }
     }
 
+    @Test("more blocks than a plan holds: 400 before any read (an nbdkit null disk of 2^60 bytes)")
+    func tooManyBlocks() async throws {
+        try await withNBDKitGateway(["null", "size=\(UInt64(1) << 60)"]) { gateway, _ in
+            let answer = try await gateway.get("/exports/disk/checksum")
+            #expect(answer.status == 400, "\(answer.summary)")
+            #expect(answer.text.contains("larger block_size"))
+            #expect(try await gateway.get("/exports/disk/checksum?length=1048576").status == 200)
+        }
+    }
+
     @Test("algorithms listed; a bad algorithm or block size is 400, a range past the end 416, an unknown export 404")
     func refusals() async throws {
         try await withNBDKitGateway(["memory", "size=1M"]) { gateway, _ in

@@ -46,7 +46,10 @@ struct ContentDigestTests {
         }
     }
 
-    @Test("a malformed Content-Digest is 400 bad_request before the body", arguments: ["sha-256", "sha-256=abc", "sha-256=:not base64!:", "SHA-256=:AAAA:", ":AAAA:"])
+    @Test("a malformed Content-Digest is 400 bad_request before the body", arguments: [
+        "sha-256", "sha-256=abc", "sha-256=:not base64!:", "SHA-256=:AAAA:", ":AAAA:", "1sha=:AAAA:", "shä=:AAAA:",
+        "sha-256=:AAAA:",  // 3 bytes: no SHA-256 is.
+    ])
     func malformed(_ header: String) async throws {
         try await withNBDKitGateway(["memory", "size=1M"]) { gateway, server in
             var request = HTTPRequest("PUT", "/exports/disk/data?offset=0", headers: [("Content-Digest", header), ("Expect", "100-continue")], body: Array("hello".utf8))

@@ -25,7 +25,7 @@ struct ContextsTests {
         }
     }
 
-    @Test("a qcow2 bitmap's dirty extents, allocation depth and totals; the contexts offered and negotiated; an unknown context is 501")
+    @Test("a qcow2 bitmap's dirty extents, allocation depth and totals; the contexts offered and negotiated; an unknown context is 400")
     func dirtyBitmap() async throws {
         let directory = try Tools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -55,7 +55,7 @@ struct ContextsTests {
                 #expect(totals.map { ($0["length"] as? NSNumber)?.uint64Value } == [1_245_184, 65_863_680])
 
                 let unknown = try await gateway.get("/exports/disk/extents?context=qemu:dirty-bitmap:nope")
-                #expect(unknown.status == 501)
+                #expect(unknown.status == 400)
                 #expect(unknown.text.contains("qemu:dirty-bitmap:b0"))
             }
         }

@@ -3,7 +3,7 @@ import NBDTestSupport
 import Synchronization
 import Testing
 
-/// Bounded soak: 8 clients write and read back their own blocks for 15 s while the NBD server
+/// Bounded soak: 8 clients write, read back and map their own blocks for 15 s while the NBD server
 /// is killed (SIGKILL) and restarted twice; `/readyz` is polled throughout. The long variant:
 /// `SOAK_SECONDS=600 swift test --filter SoakTests` (memory and descriptors sampled each minute). Every answer is either right or the contract's JSON
 /// error, never wrong bytes; afterwards the gateway serves, every block acknowledged last reads
@@ -172,6 +172,16 @@ struct SoakTests {
                     tally.withLock { $0.wrong.append("block \(block): read back differs from the acknowledged write") }
                 } else {
                     tally.withLock { $0.ok += 1 }
+                }
+            }
+            // The block's allocation map: extents that start at it.
+            let extents = try await gateway.send(HTTPRequest("GET", "/exports/disk/extents?offset=\(offset)&length=\(blockSize)"), record: false)
+            if try note(extents) {
+                let first = (try? extents.json()["extents"] as? [[String: Any]])?.first
+                if (first?["offset"] as? NSNumber)?.intValue == offset {
+                    tally.withLock { $0.ok += 1 }
+                } else {
+                    tally.withLock { $0.wrong.append("extents at \(offset): \(extents.summary)") }
                 }
             }
         }

@@ -7,6 +7,8 @@ public struct ContentDigest: Sendable, Equatable {
     public enum Algorithm: String, Sendable, CaseIterable {
         case sha256 = "sha-256"
         case sha512 = "sha-512"
+
+        var digestSize: Int { self == .sha256 ? 32 : 64 }
     }
 
     public let algorithm: Algorithm
@@ -29,12 +31,18 @@ public struct ContentDigest: Sendable, Equatable {
             guard let equals = text.firstIndex(of: "=") else { return (nil, true) }
             let key = text[..<equals]
             let value = text[text.index(after: equals)...]
-            guard !key.isEmpty, key.allSatisfy({ $0.isLowercase || $0.isNumber || "-_.*".contains($0) }),
+            // RFC 8941 keys: lcalpha or "*" first, then lcalpha, DIGIT, "_", "-", ".", "*" (ASCII).
+            guard let first = key.utf8.first, (97...122).contains(first) || first == 42,
+                  key.utf8.allSatisfy({ (97...122).contains($0) || (48...57).contains($0) || [95, 45, 46, 42].contains($0) }),
                   value.count >= 2, value.first == ":", value.last == ":",
                   let bytes = Base64.decode(value.dropFirst().dropLast()) else {
                 return (nil, true)
             }
-            if let algorithm = Algorithm(rawValue: String(key)) { found[algorithm] = bytes }
+            if let algorithm = Algorithm(rawValue: String(key)) {
+                // A digest of the wrong length can never match: refused before the body.
+                guard bytes.count == algorithm.digestSize else { return (nil, true) }
+                found[algorithm] = bytes
+            }
         }
         for algorithm in [Algorithm.sha512, .sha256] {
             if let bytes = found[algorithm] { return (ContentDigest(algorithm: algorithm, digest: bytes), false) }

@@ -41,12 +41,14 @@ public struct EntityTags: Sendable {
         "\"\(instance)-\(Self.identity(export))-\(generation)\""
     }
 
-    /// Whether an `If-Match` / `If-None-Match` list names `current` (RFC 9110 §13.1.1-2:
-    /// strong comparison for If-Match; `*` matches any current representation).
-    public static func list(_ header: String, contains current: String) -> Bool {
+    /// Whether an `If-Match` / `If-None-Match` list names `current` (RFC 9110 §13.1.1-2;
+    /// `*` matches any current representation). `weak`: `W/"x"` matches `"x"` (If-None-Match;
+    /// proxies that compress turn strong tags into weak ones).
+    public static func list(_ header: String, contains current: String, weak: Bool = false) -> Bool {
         header.split(separator: ",").contains { item in
-            let tag = item.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()
-            return String(tag) == "*" || String(tag) == current
+            var tag = String(item.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+            if weak && tag.hasPrefix("W/") { tag.removeFirst(2) }
+            return tag == "*" || tag == current
         }
     }
 

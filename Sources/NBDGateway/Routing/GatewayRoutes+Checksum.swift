@@ -26,6 +26,9 @@ extension GatewayRoutes {
         guard length <= info.size - offset else {
             throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
         }
+        guard length / UInt64(blockSize) < ChecksumAlgorithm.maximumBlocks else {
+            throw .badRequest("\(length) bytes are more than \(ChecksumAlgorithm.maximumBlocks) blocks of \(blockSize): ask for a larger block_size or a shorter range", export: name)
+        }
         // Extents when the export has them; without, every block is read.
         var extents: [NBDExtent] = []
         if info.canBlockStatus && length > 0 {

@@ -9,7 +9,10 @@ extension GatewayRoutes {
         let (pool, info, name) = try await open(route)
         guard info.metaContexts[context] != nil else {
             let offered = (info.availableMetaContexts.isEmpty ? Array(info.metaContexts.keys) : info.availableMetaContexts).sorted()
-            throw .notImplemented("export \"\(name)\" did not negotiate \(context) (it offers \(offered.isEmpty ? "none" : offered.joined(separator: ", ")))", export: name)
+            let message = "export \"\(name)\" did not negotiate \"\(context)\" (it offers \(offered.isEmpty ? "none" : offered.joined(separator: ", ")))"
+            // The allocation map missing is the server's limit (501); another name is the client's choice (400).
+            if context == NBDMetaContext.baseAllocation { throw .notImplemented(message, export: name) }
+            throw .badRequest(message, export: name)
         }
         let offset = offsetParameter ?? 0
         if info.size == 0 && offsetParameter == nil && lengthParameter == nil {

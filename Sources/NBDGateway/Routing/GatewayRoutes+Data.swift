@@ -22,7 +22,21 @@ extension GatewayRoutes {
 
     func head(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
         let (pool, info, name) = try await open(route)
-        return GatewayResponse(status: 200, headers: Self.dataHeaders + [("ETag", etag(pool, name))], headLength: info.size)
+        let tag = etag(pool, name)
+        if let answer = try readPreconditions(request, tag: tag, export: name) { return answer }
+        return GatewayResponse(status: 200, headers: Self.dataHeaders + [("ETag", tag)], headLength: info.size)
+    }
+
+    /// `If-Match` (412 unless it names the current tag) and `If-None-Match` (304 while it does)
+    /// on a read, RFC 9110 §13.2.2's order; nil: answer as usual.
+    func readPreconditions(_ request: GatewayRequest, tag: String, export: String) throws(GatewayError) -> GatewayResponse? {
+        if let condition = request.header("If-Match"), !EntityTags.list(condition, contains: tag) {
+            throw .preconditionFailed("If-Match \(condition) does not name the current ETag \(tag)", export: export)
+        }
+        if let condition = request.header("If-None-Match"), EntityTags.list(condition, contains: tag, weak: true) {
+            return GatewayResponse(status: 304, headers: [("ETag", tag)], body: .bytes(ByteBuffer()))
+        }
+        return nil
     }
 
     /// Ranges up to this size are answered from memory instead of streamed.
@@ -35,6 +49,7 @@ extension GatewayRoutes {
         let size = info.size
         // Taken before reading: a write during the read makes it stale at once.
         let tag = etag(pool, name)
+        if let answer = try readPreconditions(request, tag: tag, export: name) { return answer }
         let dataHeaders = Self.dataHeaders + [("ETag", tag)]
         // If-Range (RFC 9110 §13.1.5): the range only while the tag is current; a date or a
         // stale tag gets the whole body.
@@ -178,6 +193,9 @@ extension GatewayRoutes {
             offset: offset, declaredLength: declared, exportSize: size, maximumLength: settings.maximumBodySize,
             chunkSize: settings.writeChunkSize, highWater: 8 * settings.writeChunkSize, expectedDigest: digest, spawn: spawn,
             write: { chunkOffset, chunk in
+                // Each chunk that lands makes the tags before it stale, also when the client
+                // goes away before the end (no answer then, so no final step either).
+                defer { pool.version.advance() }
                 try await pool.withClient { try await $0.write(at: chunkOffset, chunk, fua: useFUA) }
                 pool.countWritten(chunk.readableBytes)
             },

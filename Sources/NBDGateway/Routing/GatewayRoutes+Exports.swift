@@ -29,7 +29,7 @@ extension GatewayRoutes {
     func metadata(_ request: GatewayRequest, route: Route) async throws(GatewayError) -> GatewayResponse {
         let (pool, info, name) = try await open(route)
         let tag = etag(pool, name)
-        if let condition = request.header("If-None-Match"), EntityTags.list(condition, contains: tag) {
+        if let condition = request.header("If-None-Match"), EntityTags.list(condition, contains: tag, weak: true) {
             return GatewayResponse(status: 304, headers: [("ETag", tag)], body: .bytes(ByteBuffer()))
         }
         return .json(200, Self.metadataJSON(info, name: name).rendered, headers: [("ETag", tag)])
