@@ -80,8 +80,8 @@ struct ToolReadRetryTests {
 
     @Test("the server killed in the middle of a read and started again: the read goes on on a new connection, byte-exact")
     func lostConnection() async throws {
-        // 500 ms a read, 8 in flight, 64 chunks: the read takes at least 4 s.
-        let server = try await RestartableServer(["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=500ms"])
+        // 1 s a read, 8 in flight, 64 chunks: the read takes at least 8 s (slow builds too).
+        let server = try await RestartableServer(["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=1000ms"])
         defer { server.stop() }
         let tool = try nbdToolPath()
         let output = server.directory.appendingPathComponent("out.bin")
