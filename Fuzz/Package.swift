@@ -17,6 +17,7 @@ let package = Package(
         .executableTarget(name: "FuzzReplyDecoder", dependencies: [protocolModule], swiftSettings: fuzzTarget),
         .executableTarget(name: "FuzzHandshake", dependencies: [protocolModule], swiftSettings: fuzzTarget),
         .executableTarget(name: "FuzzURI", dependencies: [protocolModule], swiftSettings: fuzzTarget),
+        .executableTarget(name: "FuzzConnection", dependencies: [protocolModule], swiftSettings: fuzzTarget),
         // The gateway's pure HTTP parsing, compiled from its own files (symlinks into
         // Sources/NBDGateway): the gateway module itself would bring libmicrohttpd and NIO.
         .target(name: "GatewayParsing", dependencies: [protocolModule], swiftSettings: [.swiftLanguageMode(.v6)]),
