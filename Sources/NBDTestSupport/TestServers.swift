@@ -239,15 +239,28 @@ public func withServer<T>(_ start: () async throws -> TestServer, _ body: (TestS
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-public func randomBytes(_ count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
-    var state = seed | 1
-    var bytes = [UInt8](repeating: 0, count: count)
-    for index in 0..<count {
+/// A seeded generator (xorshift64), so what a test does reproduces run after run.
+public struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+
+    public init(seed: UInt64) {
+        state = seed | 1
+    }
+
+    public mutating func next() -> UInt64 {
         state ^= state << 13
         state ^= state >> 7
         state ^= state << 17
-        bytes[index] = UInt8(truncatingIfNeeded: state)
+        return state
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+public func randomBytes(_ count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
+    var generator = SeededGenerator(seed: seed)
+    var bytes = [UInt8](repeating: 0, count: count)
+    for index in 0..<count {
+        bytes[index] = UInt8(truncatingIfNeeded: generator.next())
     }
     return bytes
 }

@@ -1,6 +1,5 @@
 import Foundation
 import NBDTestSupport
-import Synchronization
 import Testing
 
 /// `nbd read` (and `readStream` under it) rides over transient failures: EIO replies are read
@@ -37,51 +36,10 @@ struct ToolReadRetryTests {
         }
     }
 
-    /// nbdkit on a fixed Unix socket, killed and started again on it.
-    final class RestartableServer: Sendable {
-        let directory: URL
-        let socket: String
-        let arguments: [String]
-        private let pid = Mutex<pid_t>(0)
-
-        init(_ arguments: [String]) async throws {
-            directory = try Tools.temporaryDirectory()
-            socket = directory.appendingPathComponent("nbd.sock").path
-            self.arguments = arguments
-            try await start()
-        }
-
-        var uri: String { "nbd+unix:///?socket=\(socket)" }
-
-        func start() async throws {
-            try? FileManager.default.removeItem(atPath: socket)  // Left behind by a SIGKILL.
-            let pidFile = directory.appendingPathComponent("nbdkit.pid")
-            try? FileManager.default.removeItem(at: pidFile)
-            try await Tools.run("nbdkit", ["-P", pidFile.path, "-U", socket] + arguments)
-            let started = try await Tools.readPID(pidFile)
-            pid.withLock { $0 = started }
-        }
-
-        func crash() async throws {
-            let victim = pid.withLock { $0 }
-            kill(victim, SIGKILL)
-            // Dead once gone or a zombie (its parent, not us, reaps it).
-            try await waitUntil("nbdkit \(victim) is gone") {
-                guard let stat = try? String(contentsOfFile: "/proc/\(victim)/stat", encoding: .utf8) else { return true }
-                return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
-            }
-        }
-
-        func stop() {
-            kill(pid.withLock { $0 }, SIGTERM)
-            try? FileManager.default.removeItem(at: directory)
-        }
-    }
-
     @Test("the server killed in the middle of a read and started again: the read goes on on a new connection, byte-exact")
     func lostConnection() async throws {
         // 1 s a read, 8 in flight, 64 chunks: the read takes at least 8 s (slow builds too).
-        let server = try await RestartableServer(["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=1000ms"])
+        let server = try await RestartableNBDKit { _ in ["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=1000ms"] }
         defer { server.stop() }
         let tool = try nbdToolPath()
         let output = server.directory.appendingPathComponent("out.bin")

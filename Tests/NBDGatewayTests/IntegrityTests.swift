@@ -107,7 +107,7 @@ struct IntegrityTests {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for client in 0..<Self.clients {
                         group.addTask {
-                            var random = SplitMix(seed: UInt64(client + 1))
+                            var random = SeededGenerator(seed: UInt64(client + 1))
                             for sequence in 0..<Self.operationsPerClient {
                                 // Spans of 1-32 sectors in a 1 MiB disk: overlaps are frequent.
                                 let count = Int(random.next() % 32) + 1
@@ -181,18 +181,5 @@ struct IntegrityTests {
                 #expect(readDetermined * 2 > readSectors, "only \(readDetermined) of \(readSectors) sectors read had one possible value")
             }
         }
-    }
-}
-
-/// A small seeded generator (SplitMix64): the same operations on every run.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE5_E4B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

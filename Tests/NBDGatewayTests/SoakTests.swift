@@ -14,47 +14,6 @@ struct SoakTests {
     static let clients = 8
     static let blocksPerClient = 8
 
-    final class Backend: Sendable {
-        let directory: URL
-        let socket: String
-        let image: String
-        private let pid = Mutex<pid_t>(0)
-
-        init() async throws {
-            directory = try Tools.temporaryDirectory()
-            socket = directory.appendingPathComponent("nbd.sock").path
-            image = directory.appendingPathComponent("disk.img").path
-            _ = FileManager.default.createFile(atPath: image, contents: nil)
-            try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: UInt64(SoakTests.blockSize * SoakTests.clients * SoakTests.blocksPerClient))
-            try await start()
-        }
-
-        func start() async throws {
-            try? FileManager.default.removeItem(atPath: socket)  // Left behind by a SIGKILL.
-            let pidFile = directory.appendingPathComponent("nbdkit.pid")
-            // The last run's file would give its PID (nbdkit writes the file just after forking).
-            try? FileManager.default.removeItem(at: pidFile)
-            try await Tools.run("nbdkit", ["-P", pidFile.path, "-U", socket, "file", image])
-            let started = try await Tools.readPID(pidFile)
-            pid.withLock { $0 = started }
-        }
-
-        func crash() async throws {
-            let victim = pid.withLock { $0 }
-            kill(victim, SIGKILL)
-            // Dead once gone or a zombie (its parent, not us, reaps it).
-            try await waitUntil("nbdkit is gone") {
-                guard let stat = try? String(contentsOfFile: "/proc/\(victim)/stat", encoding: .utf8) else { return true }
-                return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
-            }
-        }
-
-        func stop() {
-            kill(pid.withLock { $0 }, SIGTERM)
-            try? FileManager.default.removeItem(at: directory)
-        }
-    }
-
     struct Counts: Sendable {
         var ok = 0
         var contractErrors: [String: Int] = [:]
@@ -76,7 +35,12 @@ struct SoakTests {
 
     @Test("8 clients for 15 s, the backend killed twice: no wrong byte, only contract errors, /readyz truthful, resources back to baseline")
     func soak() async throws {
-        let backend = try await Backend()
+        let backend = try await RestartableNBDKit { directory in
+            let image = directory.appendingPathComponent("disk.img").path
+            _ = FileManager.default.createFile(atPath: image, contents: nil)
+            try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: UInt64(Self.blockSize * Self.clients * Self.blocksPerClient))
+            return ["file", image]
+        }
         defer { backend.stop() }
         try await withGateway(["--export", "disk=nbd+unix:///?socket=\(backend.socket)", "--request-timeout", "2"]) { gateway in
             // Warm up, then take the baseline.
