@@ -7,15 +7,21 @@ import NIOCore
 struct ChecksumCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checksum",
-        abstract: "Print the block checksum of an export or a local file (ovirt-imageio's definition, as the gateway's /checksum).",
-        discussion: "URI is an NBD URI or a local file. Zero extents (file holes) are not read."
+        abstract: "Print the block checksum of an export, a gateway URL or a local file (ovirt-imageio's definition, as the gateway's /checksum).",
+        discussion: """
+            URI is an NBD URI, a gateway data URL (http(s)://HOST[:PORT]/exports/NAME/data: the \
+            gateway computes it, or with --local this tool does, from /extents and the bytes) \
+            or a local file. Zero extents (file holes) are not read.
+            """
     )
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var gateway: GatewayOptions
     @Option(help: "blake2b (32-byte digest), sha256 or sha1.") var algorithm = ChecksumAlgorithm.defaultAlgorithm.rawValue
     @Option(name: .customLong("block-size"), help: "Bytes per block: a multiple of 4096 up to 64 MiB.") var blockSize = ChecksumAlgorithm.defaultBlockSize
     @Option(help: "Byte offset to start at.") var offset: UInt64 = 0
     @Option(help: "Bytes to checksum (default: to the end).") var length: UInt64?
+    @Flag(help: "For a gateway URL: read the bytes and compute here instead of asking the gateway.") var local = false
     @Flag(help: "Print the gateway's JSON instead of CHECKSUM  URI.") var json = false
 
     func run() async throws {
@@ -27,14 +33,24 @@ struct ChecksumCommand: AsyncParsableCommand {
                 throw ValidationError("--block-size must be a multiple of 4096 from 4096 to 67108864")
             }
             let source = connection.uri
-            let isNBD = ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"].contains { source.hasPrefix($0) }
-            let (total, checksum) = isNBD
-                ? try await checksumExport(algorithm)
-                : try await checksumFile(source, algorithm)
+            let end = try await CopyEnds.open(source, writing: false, connections: 1, client: connection.client, gateway: gateway)
+            let result: GatewayChecksum
+            do {
+                let total = try range(size: end.size)
+                if let remote = end as? GatewayCopyEnd, !local {
+                    result = try await remote.gateway.checksum(offset: offset, length: total, algorithm: algorithm.rawValue, blockSize: blockSize)
+                } else {
+                    result = GatewayChecksum(algorithm: algorithm.rawValue, blockSize: blockSize, offset: offset, length: total, checksum: try await checksum(end, total, algorithm))
+                }
+            } catch {
+                await end.close()
+                throw error
+            }
+            await end.close()
             if json {
-                try StandardStreams.writeJSON(ChecksumResult(algorithm: algorithm.rawValue, blockSize: blockSize, offset: offset, length: total, checksum: checksum))
+                try StandardStreams.writeJSON(result)
             } else {
-                StandardStreams.writeOutput("\(checksum)  \(source)\n")
+                StandardStreams.writeOutput("\(result.checksum)  \(source)\n")
             }
         }
     }
@@ -49,58 +65,15 @@ struct ChecksumCommand: AsyncParsableCommand {
         return total
     }
 
-    private func checksumExport(_ algorithm: ChecksumAlgorithm) async throws -> (UInt64, String) {
-        let client = try await connection.connect()
-        do {
-            let total = try range(size: client.size)
-            var extents: [NBDExtent] = []
-            if client.info.metaContexts[NBDMetaContext.baseAllocation] != nil && total > 0 {
-                extents = try await client.blockStatus(at: offset, length: total)
+    /// Data blocks read eight at a time, each retried after EIO; zero blocks never read.
+    private func checksum(_ end: any CopyEnd, _ total: UInt64, _ algorithm: ChecksumAlgorithm) async throws -> String {
+        let extents = total > 0 ? try await end.extents(at: offset, length: total) : []
+        let blocks = ChecksumRun.blocks(offset: offset, length: total, blockSize: blockSize, extents: extents)
+        let retry = NBDReadRetry(attempts: 3)
+        return try await ChecksumRun.checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: 8) { blockOffset, blockLength in
+            try await retry.run(progress: { 0 }, retryable: { $0.errno == .EIO }) {
+                try await end.read(at: blockOffset, length: blockLength, lane: 0)
             }
-            let blocks = ChecksumRun.blocks(offset: offset, length: total, blockSize: blockSize, extents: extents)
-            let retry = NBDReadRetry(attempts: 3)
-            let checksum = try await ChecksumRun.checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: 8) { blockOffset, blockLength in
-                try await retry.run(progress: { 0 }, retryable: { $0.errno == .EIO }) {
-                    try await client.readSlices(at: blockOffset, length: blockLength)
-                }
-            }
-            await client.disconnect()
-            return (total, checksum)
-        } catch {
-            await client.disconnect()
-            throw error
         }
-    }
-
-    private func checksumFile(_ path: String, _ algorithm: ChecksumAlgorithm) async throws -> (UInt64, String) {
-        let file = try await RandomAccessFile.open(path, writing: false)
-        do {
-            let total = try range(size: file.size)
-            let extents = try await file.extents(at: offset, length: total)
-            let blocks = ChecksumRun.blocks(offset: offset, length: total, blockSize: blockSize, extents: extents)
-            let checksum = try await ChecksumRun.checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: 2) { blockOffset, blockLength in
-                [try await file.read(at: blockOffset, length: blockLength)]
-            }
-            await file.close()
-            return (total, checksum)
-        } catch {
-            await file.close()
-            throw error
-        }
-    }
-}
-
-/// The gateway's checksum answer, field for field.
-struct ChecksumResult: Encodable {
-    var algorithm: String
-    var blockSize: Int
-    var offset: UInt64
-    var length: UInt64
-    var checksum: String
-
-    enum CodingKeys: String, CodingKey {
-        case algorithm
-        case blockSize = "block_size"
-        case offset, length, checksum
     }
 }

@@ -7,41 +7,89 @@ import NIOCore
 struct CopyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "copy",
-        abstract: "Copy a disk between NBD exports and local files, sparse: zeroes and holes never move as bytes.",
+        abstract: "Copy a disk between NBD exports, gateway URLs and local files, sparse: zeroes and holes never move as bytes.",
         discussion: """
-            SOURCE and DESTINATION are NBD URIs or local files. The source's allocation map \
-            (base:allocation, or a file's holes) decides what is read: zero extents become \
-            WRITE_ZEROES on an NBD destination (the server may punch holes; never TRIM) and \
-            holes in a file destination. Several requests run at once, over several connections \
-            where the export allows (CAN_MULTI_CONN).
+            SOURCE and DESTINATION are NBD URIs, gateway data URLs \
+            (http(s)://HOST[:PORT]/exports/NAME/data, with --token and --cacert), local files, \
+            or - (standard input as the source, standard output as the destination). The \
+            source's allocation map (base:allocation, /extents, or a file's holes) decides what \
+            is read: zero extents become WRITE_ZEROES on an NBD or gateway destination (the \
+            server may punch holes; never TRIM) and holes in a file. Several requests run at \
+            once, over several connections where the export allows (CAN_MULTI_CONN). Writes to \
+            a gateway carry a SHA-256 Content-Digest, which the gateway checks; reads from a \
+            gateway carry If-Match with the tag the disk had when the copy began, so a disk \
+            changed under the copy fails it.
             """
     )
 
-    @Argument(help: "NBD URI or file to read.") var source: String
-    @Argument(help: "NBD URI or file to write (a file is created or truncated).") var destination: String
+    @Argument(help: "NBD URI, gateway data URL, file, or - for standard input.") var source: String
+    @Argument(help: "NBD URI, gateway data URL, file (created or truncated), or - for standard output.") var destination: String
     @OptionGroup var client: ClientOptions
-    @Option(help: "NBD connections per export (writes use several only with CAN_MULTI_CONN).") var connections = 4
+    @OptionGroup var gateway: GatewayOptions
+    @Option(help: "NBD connections (or HTTP connections) per end (writes use several only with CAN_MULTI_CONN).") var connections = 4
     @Option(name: .customLong("requests"), help: "Requests in flight at once.") var requestsInFlight = 16
     @Option(name: .customLong("chunk-size"), help: "Bytes per read and write.") var chunkSize = 4 << 20
     @Flag(help: "Compare the block checksums of both sides afterwards (exit 1 if they differ).") var verify = false
+    @Option(name: .customLong("dirty-bitmap"), help: "Copy only the blocks this dirty bitmap (qemu:dirty-bitmap:NAME) marks, onto an existing copy.")
+    var dirtyBitmap: String?
+    @Flag(help: "Finish a copy that was cut off: blocks whose checksums already match are not sent again.") var resume = false
     @Flag(help: "Show a progress bar on a terminal.") var progress = false
     @Flag(name: .customLong("progress-json"), help: "Print progress as JSON lines on stderr: {\"copied\":N,\"total\":N}.") var progressJSON = false
 
+    /// What the copy did, printed after an incremental or resumed copy.
+    struct Totals {
+        var written: UInt64 = 0
+        var zeroed: UInt64 = 0
+        var alreadyThere: UInt64 = 0
+
+        mutating func add(_ outcome: PieceOutcome, _ length: UInt64) {
+            switch outcome {
+            case .written: written += length
+            case .zeroed: zeroed += length
+            case .alreadyThere: alreadyThere += length
+            }
+        }
+    }
+
+    enum PieceOutcome: Sendable { case written, zeroed, alreadyThere }
+
+    var keepsDestination: Bool { resume || dirtyBitmap != nil }
+
+    func validate() throws {
+        guard connections >= 1, requestsInFlight >= 1, chunkSize >= 4096, chunkSize <= 32 << 20 else {
+            throw ValidationError("--connections and --requests must be at least 1; --chunk-size from 4096 to 32 MiB")
+        }
+        if source == "-" && (verify || resume || dirtyBitmap != nil) {
+            throw ValidationError("--verify, --resume and --dirty-bitmap need a source that can be read again, not -")
+        }
+        if destination == "-" && (verify || resume || dirtyBitmap != nil) {
+            throw ValidationError("--verify, --resume and --dirty-bitmap need a destination that can be read back, not -")
+        }
+    }
+
     func run() async throws {
         try await reportingErrors {
-            guard connections >= 1, requestsInFlight >= 1, chunkSize >= 4096, chunkSize <= 32 << 20 else {
-                throw ValidationError("--connections and --requests must be at least 1; --chunk-size from 4096 to 32 MiB")
-            }
-            let from = try await CopyEnds.open(source, writing: false, connections: connections, client: client)
-            let to: any CopyEnd
+            let bitmapContext = dirtyBitmap.map { "qemu:dirty-bitmap:\($0)" }
+            let contexts = [NBDMetaContext.baseAllocation] + (bitmapContext.map { [$0] } ?? [])
+            let to = try await CopyEnds.open(
+                destination, writing: true, keepingContents: keepsDestination, connections: connections, client: client, gateway: gateway)
+            let from: any CopyEnd
             do {
-                to = try await CopyEnds.open(destination, writing: true, connections: connections, client: client)
+                guard source != "-" else {
+                    try await copyFromStream(to)
+                    await to.close()
+                    return
+                }
+                from = try await CopyEnds.open(source, writing: false, connections: connections, contexts: contexts, client: client, gateway: gateway)
             } catch {
-                await from.close()
+                await to.close()
                 throw error
             }
             do {
-                try await copy(from, to)
+                let totals = try await copy(from, to, bitmapContext: bitmapContext)
+                if keepsDestination {
+                    StandardStreams.writeError("nbd copy: wrote \(totals.written) bytes of data, zeroed \(totals.zeroed), skipped \(totals.alreadyThere) already there\n")
+                }
                 if verify { try await verifyChecksums(from, to) }
             } catch {
                 await from.close()
@@ -53,55 +101,130 @@ struct CopyCommand: AsyncParsableCommand {
         }
     }
 
-    private func copy(_ from: any CopyEnd, _ to: any CopyEnd) async throws {
+    private func copy(_ from: any CopyEnd, _ to: any CopyEnd, bitmapContext: String?) async throws -> Totals {
         let size = from.size
         if let capacity = to.capacity, capacity < size {
             throw NBDError(.outOfBounds, "the destination (\(capacity) bytes) is smaller than the source (\(size) bytes)")
         }
         try await to.prepare(size: size)
         let extents = try await from.extents(at: 0, length: size)
-        let pieces = CopyPlan.pieces(size: size, extents: extents, chunkSize: chunkSize, zeroesAreFree: to.zeroesAreFree, alignment: to.alignment)
+        var pieces = CopyPlan.pieces(size: size, extents: extents, chunkSize: chunkSize, zeroesAreFree: to.zeroesAreFree, alignment: to.alignment)
+        if let bitmapContext {
+            let dirty = try await from.extents(at: 0, length: size, context: bitmapContext).filter { $0.flags & 1 != 0 }
+            pieces = CopyPlan.restrict(pieces, to: dirty, alignment: to.alignment, size: size)
+        }
         let bar = ProgressBar(enabled: progress, total: size)
         let report = ProgressReport(enabled: progressJSON, total: size)
-        // Bytes of the disk done so far: holes a fresh file already has count at once.
+        // Bytes of the disk done so far: holes a fresh file already has, and clean blocks, count at once.
         let skipped = size - pieces.reduce(0) { $0 + $1.length }
         bar.advance(by: skipped)
         report.advance(by: skipped)
-        let window = requestsInFlight
-        try await withThrowingTaskGroup(of: UInt64.self) { group in
+        var totals = Totals()
+        let resume = self.resume
+        try await withThrowingTaskGroup(of: (PieceOutcome, UInt64).self) { group in
             var next = 0
             var running = 0
             while next < pieces.count || running > 0 {
-                while running < window && next < pieces.count {
+                while running < requestsInFlight && next < pieces.count {
                     let piece = pieces[next]
                     let lane = next
                     group.addTask {
+                        let buffers = piece.isZero ? [] : try await from.read(at: piece.offset, length: Int(piece.length), lane: lane)
+                        if resume, try await Self.alreadyThere(piece, buffers, in: to) {
+                            return (.alreadyThere, piece.length)
+                        }
                         if piece.isZero {
                             try await to.zero(at: piece.offset, length: piece.length, lane: lane)
-                        } else {
-                            let buffers = try await from.read(at: piece.offset, length: Int(piece.length), lane: lane)
-                            try await to.write(at: piece.offset, buffers, lane: lane)
+                            return (.zeroed, piece.length)
                         }
-                        return piece.length
+                        try await to.write(at: piece.offset, buffers, lane: lane)
+                        return (.written, piece.length)
                     }
                     next += 1
                     running += 1
                 }
-                guard let done = try await group.next() else { break }
+                guard let (outcome, done) = try await group.next() else { break }
                 running -= 1
+                totals.add(outcome, done)
                 bar.advance(by: done)
                 report.advance(by: done)
             }
         }
+        try await from.confirmUnchanged()
         try await to.finish(size: size)
+        bar.finish()
+        report.finish()
+        return totals
+    }
+
+    /// Whether the destination already holds `piece` (the source's `buffers`, or zeroes):
+    /// compared by block checksum, so a gateway destination sends 64 hex digits, not the bytes.
+    private static func alreadyThere(_ piece: CopyPiece, _ buffers: [ByteBuffer], in to: any CopyEnd) async throws -> Bool {
+        let blockSize = ChecksumAlgorithm.defaultBlockSize
+        let extents = piece.isZero ? [NBDExtent(offset: piece.offset, length: piece.length, flags: NBDAllocationFlags.zero)] : []
+        let blocks = ChecksumRun.blocks(offset: piece.offset, length: piece.length, blockSize: blockSize, extents: extents)
+        let expected = try await ChecksumRun.checksum(blocks, algorithm: .blake2b, blockSize: blockSize, window: 1) { offset, length in
+            ByteSlices.slices(of: buffers, startingAt: piece.offset, at: offset, length: length)
+        }
+        return try await to.checksum(at: piece.offset, length: piece.length) == expected
+    }
+
+    /// Standard input, read in order: chunks of zeroes become zero writes (or nothing, on a
+    /// fresh file), the rest is written with several writes in flight.
+    private func copyFromStream(_ to: any CopyEnd) async throws {
+        let input = try await InputFile.open(nil)
+        try await to.prepare(size: 0)
+        let bar = ProgressBar(enabled: progress, total: input.size ?? 0)
+        let report = ProgressReport(enabled: progressJSON, total: input.size ?? 0)
+        var position: UInt64 = 0
+        try await withThrowingTaskGroup(of: UInt64.self) { group in
+            var running = 0
+            var lane = 0
+            while true {
+                if running == requestsInFlight, let done = try await group.next() {
+                    running -= 1
+                    bar.advance(by: done)
+                    report.advance(by: done)
+                }
+                guard let buffer = try await input.read(maximum: chunkSize) else { break }
+                let offset = position
+                let length = UInt64(buffer.readableBytes)
+                position += length
+                if let capacity = to.capacity, position > capacity {
+                    throw NBDError(.outOfBounds, "standard input is longer than the destination (\(capacity) bytes)")
+                }
+                // Zeroes are found 64 KiB at a time, so a chunk that is mostly zeroes stays mostly sparse.
+                let runs = ByteSlices.runs(of: buffer, grain: max(64 << 10, to.alignment))
+                let piece = lane
+                let zeroesAreFree = to.zeroesAreFree
+                group.addTask {
+                    for run in runs {
+                        let at = offset + UInt64(run.range.lowerBound)
+                        if run.isZero {
+                            if !zeroesAreFree { try await to.zero(at: at, length: UInt64(run.range.count), lane: piece) }
+                        } else if let slice = buffer.getSlice(at: buffer.readerIndex + run.range.lowerBound, length: run.range.count) {
+                            try await to.write(at: at, [slice], lane: piece)
+                        }
+                    }
+                    return length
+                }
+                lane += 1
+                running += 1
+            }
+            while let done = try await group.next() {
+                bar.advance(by: done)
+                report.advance(by: done)
+            }
+        }
+        try await to.finish(size: position)
         bar.finish()
         report.finish()
     }
 
     private func verifyChecksums(_ from: any CopyEnd, _ to: any CopyEnd) async throws {
         let size = from.size
-        async let sourceSum = from.checksum(length: size)
-        async let destinationSum = to.checksum(length: size)
+        async let sourceSum = from.checksum(at: 0, length: size)
+        async let destinationSum = to.checksum(at: 0, length: size)
         let (expected, actual) = try await (sourceSum, destinationSum)
         guard expected == actual else {
             throw NBDError(.invalidArgument, "verify failed: the source's checksum is \(expected), the destination's \(actual)")
@@ -162,6 +285,89 @@ enum CopyPlan {
             }
         }
         return pieces
+    }
+}
+
+extension CopyPlan {
+    /// The parts of `pieces` inside `ranges` (a dirty bitmap's dirty extents, sorted), each
+    /// widened to the destination's `alignment` grid; parts that then meet are joined.
+    static func restrict(_ pieces: [CopyPiece], to ranges: [NBDExtent], alignment: Int, size: UInt64) -> [CopyPiece] {
+        let grid = UInt64(max(1, alignment))
+        var result: [CopyPiece] = []
+        var first = 0
+        for piece in pieces {
+            let pieceEnd = piece.offset + piece.length
+            while first < ranges.count && ranges[first].offset + ranges[first].length <= piece.offset { first += 1 }
+            var index = first
+            while index < ranges.count && ranges[index].offset < pieceEnd {
+                let range = ranges[index]
+                let start = max(piece.offset, range.offset / grid * grid)
+                let end = min(pieceEnd, min(size, (range.offset + range.length + grid - 1) / grid * grid))
+                if end > start {
+                    if let last = result.last, last.isZero == piece.isZero, last.offset + last.length >= start, last.offset >= piece.offset {
+                        result[result.count - 1].length = max(last.offset + last.length, end) - last.offset
+                    } else {
+                        result.append(CopyPiece(offset: start, length: end - start, isZero: piece.isZero))
+                    }
+                }
+                index += 1
+            }
+        }
+        return result
+    }
+}
+
+/// Views into buffers read for a piece, and the zero test for stream chunks.
+enum ByteSlices {
+    /// The `length` bytes at `offset` of `buffers`, which hold the bytes from `base` on.
+    static func slices(of buffers: [ByteBuffer], startingAt base: UInt64, at offset: UInt64, length: Int) -> [ByteBuffer] {
+        var result: [ByteBuffer] = []
+        var skip = Int(offset - base)
+        var wanted = length
+        for buffer in buffers where wanted > 0 {
+            let count = buffer.readableBytes
+            if skip >= count {
+                skip -= count
+                continue
+            }
+            let take = min(count - skip, wanted)
+            if let slice = buffer.getSlice(at: buffer.readerIndex + skip, length: take) { result.append(slice) }
+            wanted -= take
+            skip = 0
+        }
+        return result
+    }
+
+    /// `buffer` cut every `grain` bytes into runs of zeroes and of data, neighbours of a kind joined.
+    static func runs(of buffer: ByteBuffer, grain: Int) -> [(range: Range<Int>, isZero: Bool)] {
+        var runs: [(range: Range<Int>, isZero: Bool)] = []
+        buffer.withUnsafeReadableBytes { bytes in
+            var start = 0
+            while start < bytes.count {
+                let end = min(bytes.count, start + grain)
+                let zero = isZero(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                if let last = runs.last, last.isZero == zero {
+                    runs[runs.count - 1].range = last.range.lowerBound..<end
+                } else {
+                    runs.append((start..<end, zero))
+                }
+                start = end
+            }
+        }
+        return runs
+    }
+
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var index = 0
+        while index + 8 <= bytes.count {
+            if bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+            index += 8
+        }
+        while index < bytes.count {
+            if bytes[index] != 0 { return false }
+            index += 1
+        }
+        return true
     }
 }
 

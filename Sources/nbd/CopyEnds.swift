@@ -3,46 +3,77 @@ import NBDClient
 import NBDProtocol
 import NIOCore
 
-/// One side of `nbd copy`: an NBD export or a local file.
+/// One side of `nbd copy`: an NBD export, a gateway export, a local file or stdout.
 protocol CopyEnd: Sendable {
     /// Bytes to copy when this is the source.
     var size: UInt64 { get }
-    /// Most bytes it takes as a destination; nil when it grows (a regular file).
+    /// Most bytes it takes as a destination; nil when it grows (a regular file, stdout).
     var capacity: UInt64? { get }
     /// As a destination, reads zeroes wherever nothing is written (a file just truncated).
     var zeroesAreFree: Bool { get }
     /// As a destination, the block size requests should be aligned to.
     var alignment: Int { get }
-    func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent]
+    /// The extents of a metadata context (`base:allocation`, or a dirty bitmap).
+    func extents(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent]
     func read(at offset: UInt64, length: Int, lane: Int) async throws -> [ByteBuffer]
     /// Before the first write.
     func prepare(size: UInt64) async throws
     func write(at offset: UInt64, _ buffers: [ByteBuffer], lane: Int) async throws
     func zero(at offset: UInt64, length: UInt64, lane: Int) async throws
-    /// After the last write: flush.
+    /// After the last write: flush (a file copied from a stream gets its final size).
     func finish(size: UInt64) async throws
+    /// The block checksum of a range (BLAKE2b, 4 MiB blocks), zeroes unread.
+    func checksum(at offset: UInt64, length: UInt64) async throws -> String
+    /// As a source, after the last read: fails if the source is known to have changed since
+    /// the copy began (a gateway's tag moved on).
+    func confirmUnchanged() async throws
     func close() async
 }
 
 extension CopyEnd {
-    /// The block checksum of the first `length` bytes (BLAKE2b, 4 MiB blocks), zeroes unread.
-    func checksum(length: UInt64) async throws -> String {
+    func confirmUnchanged() async throws {}
+
+    func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
+        try await extents(at: offset, length: length, context: NBDMetaContext.baseAllocation)
+    }
+
+    /// Reads what the allocation map says is data, a block window at a time.
+    func checksum(at offset: UInt64, length: UInt64) async throws -> String {
         let blockSize = ChecksumAlgorithm.defaultBlockSize
-        let extents = try await self.extents(at: 0, length: length)
-        let blocks = ChecksumRun.blocks(offset: 0, length: length, blockSize: blockSize, extents: extents)
-        return try await ChecksumRun.checksum(blocks, algorithm: .blake2b, blockSize: blockSize, window: 4) { offset, count in
-            try await self.read(at: offset, length: count, lane: Int(offset / UInt64(blockSize)))
+        let extents = length > 0 ? try await self.extents(at: offset, length: length) : []
+        let blocks = ChecksumRun.blocks(offset: offset, length: length, blockSize: blockSize, extents: extents)
+        return try await ChecksumRun.checksum(blocks, algorithm: .blake2b, blockSize: blockSize, window: 4) { blockOffset, count in
+            try await self.read(at: blockOffset, length: count, lane: Int(blockOffset / UInt64(blockSize)))
         }
     }
 }
 
 enum CopyEnds {
+    static let nbdSchemes = ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
+
     /// An NBD URI becomes an export over `connections` connections (one for writing without
-    /// CAN_MULTI_CONN); anything else is a file.
-    static func open(_ location: String, writing: Bool, connections: Int, client: ClientOptions) async throws -> any CopyEnd {
-        let isNBD = ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"].contains { location.hasPrefix($0) }
-        guard isNBD else { return FileCopyEnd(file: try await RandomAccessFile.open(location, writing: writing)) }
-        let first = try await client.connect(to: location)
+    /// CAN_MULTI_CONN), a gateway data URL an HTTP client with as many connections, `-` stdout
+    /// (as a destination), anything else a file. `keepingContents`: a destination is written
+    /// over in place (an incremental or resumed copy), never truncated.
+    static func open(
+        _ location: String, writing: Bool, keepingContents: Bool = false, connections: Int,
+        contexts: [String] = [NBDMetaContext.baseAllocation], client: ClientOptions, gateway: GatewayOptions
+    ) async throws -> any CopyEnd {
+        if location == "-" {
+            guard writing else { throw NBDError(.invalidArgument, "- as the source is read as a stream") }
+            return StreamCopyEnd(output: try await OutputFile.open(nil))
+        }
+        if GatewayClient.isURL(location) {
+            return try await GatewayCopyEnd.open(location, writing: writing, connections: connections, options: gateway)
+        }
+        guard nbdSchemes.contains(where: { location.hasPrefix($0) }) else {
+            let file = try await RandomAccessFile.open(location, writing: writing, keepingContents: keepingContents)
+            return FileCopyEnd(file: file, keepingContents: keepingContents)
+        }
+        var configuration = client.configuration
+        configuration.metaContexts = contexts
+        let connect = { try await NBDClient.connect(to: location, configuration: configuration, logger: client.logger) }
+        let first = try await connect()
         if writing && first.info.isReadOnly {
             await first.disconnect()
             throw NBDError(.readOnly, "\(location) is read-only", exportName: first.info.name)
@@ -50,7 +81,7 @@ enum CopyEnds {
         var clients = [first]
         let wanted = writing && !first.info.canMultiConn ? 1 : connections
         do {
-            while clients.count < wanted { clients.append(try await client.connect(to: location)) }
+            while clients.count < wanted { clients.append(try await connect()) }
         } catch {
             for opened in clients { await opened.disconnect() }
             throw error
@@ -71,7 +102,13 @@ struct NBDCopyEnd: CopyEnd {
     var zeroesAreFree: Bool { false }
     var alignment: Int { Int(info.blockSize.minimum) }
 
-    func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
+    func extents(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent] {
+        guard context == NBDMetaContext.baseAllocation else {
+            guard info.metaContexts[context] != nil else {
+                throw NBDError(.unimplemented, "the server does not offer \(context)", exportName: info.name)
+            }
+            return length > 0 ? try await clients[0].blockStatus(at: offset, length: length, context: context) : []
+        }
         guard info.canBlockStatus, length > 0 else { return [] }
         return try await clients[0].blockStatus(at: offset, length: length)
     }
@@ -122,23 +159,29 @@ struct NBDCopyEnd: CopyEnd {
 /// A local file or device.
 struct FileCopyEnd: CopyEnd {
     let file: RandomAccessFile
+    /// Written over in place: what is not written keeps its old bytes.
+    let keepingContents: Bool
 
     var size: UInt64 { file.size }
     var capacity: UInt64? { file.isRegular ? nil : file.size }
-    var zeroesAreFree: Bool { file.isRegular }
+    var zeroesAreFree: Bool { file.isRegular && !keepingContents }
     var alignment: Int { file.isRegular ? 1 : 4096 }
 
-    func extents(at offset: UInt64, length: UInt64) async throws -> [NBDExtent] {
-        try await file.extents(at: offset, length: length)
+    func extents(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent] {
+        guard context == NBDMetaContext.baseAllocation else {
+            throw NBDError(.unimplemented, "a file has no \(context), only its holes")
+        }
+        return try await file.extents(at: offset, length: length)
     }
 
     func read(at offset: UInt64, length: Int, lane: Int) async throws -> [ByteBuffer] {
         [try await file.read(at: offset, length: length)]
     }
 
-    /// A regular file gets its size at once: what is never written stays a hole.
+    /// A regular file gets its size at once: what is never written stays a hole. One kept
+    /// grows to the size if it is shorter, and is never cut.
     func prepare(size: UInt64) async throws {
-        if file.isRegular { try await file.truncate(to: size) }
+        if file.isRegular && (!keepingContents || file.size < size) { try await file.truncate(to: size) }
     }
 
     func write(at offset: UInt64, _ buffers: [ByteBuffer], lane: Int) async throws {
@@ -154,9 +197,103 @@ struct FileCopyEnd: CopyEnd {
         }
     }
 
-    func finish(size: UInt64) async throws {}
+    /// A copy from a stream learns the size only at its end.
+    func finish(size: UInt64) async throws {
+        if file.isRegular && (!keepingContents || file.size < size) { try await file.truncate(to: size) }
+    }
 
     func close() async {
         await file.close()
+    }
+}
+
+/// Standard output as a destination: pieces are written in order, whatever order their reads
+/// finish in, and zeroes are written as bytes.
+struct StreamCopyEnd: CopyEnd {
+    let output: OutputFile
+    private let turn = WriteTurn()
+
+    init(output: OutputFile) {
+        self.output = output
+    }
+
+    var size: UInt64 { 0 }
+    var capacity: UInt64? { nil }
+    var zeroesAreFree: Bool { false }
+    var alignment: Int { 1 }
+
+    func extents(at offset: UInt64, length: UInt64, context: String) async throws -> [NBDExtent] {
+        throw NBDError(.invalidArgument, "standard output cannot be read")
+    }
+
+    func read(at offset: UInt64, length: Int, lane: Int) async throws -> [ByteBuffer] {
+        throw NBDError(.invalidArgument, "standard output cannot be read")
+    }
+
+    func prepare(size: UInt64) async throws {}
+
+    func write(at offset: UInt64, _ buffers: [ByteBuffer], lane: Int) async throws {
+        try await turn.wait(for: offset)
+        do {
+            for buffer in buffers { try await output.write(buffer) }
+        } catch {
+            await turn.fail()
+            throw error
+        }
+        await turn.done(through: offset + buffers.reduce(0) { $0 + UInt64($1.readableBytes) })
+    }
+
+    func zero(at offset: UInt64, length: UInt64, lane: Int) async throws {
+        var position = offset
+        let zeroes = ByteBuffer(repeating: 0, count: Int(min(length, 4 << 20)))
+        while position < offset + length {
+            let count = Int(min(UInt64(zeroes.readableBytes), offset + length - position))
+            try await write(at: position, [zeroes.getSlice(at: zeroes.readerIndex, length: count) ?? zeroes], lane: lane)
+            position += UInt64(count)
+        }
+    }
+
+    func finish(size: UInt64) async throws {}
+
+    func checksum(at offset: UInt64, length: UInt64) async throws -> String {
+        throw NBDError(.invalidArgument, "standard output cannot be read back to verify")
+    }
+
+    func close() async {}
+}
+
+/// Whose turn it is to write to a stream: the piece that starts where the last one ended.
+/// A failed write or a cancelled copy ends every wait (nothing after a gap may be written).
+actor WriteTurn {
+    private var position: UInt64 = 0
+    private var failed = false
+    private var waiting: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+
+    func wait(for offset: UInt64) async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                if failed || Task.isCancelled {
+                    continuation.resume(throwing: CancellationError())
+                } else if offset == position {
+                    continuation.resume()
+                } else {
+                    waiting[offset] = continuation
+                }
+            }
+        } onCancel: {
+            Task { await self.fail() }
+        }
+    }
+
+    func done(through end: UInt64) {
+        position = end
+        waiting.removeValue(forKey: end)?.resume()
+    }
+
+    func fail() {
+        failed = true
+        let stranded = waiting.values
+        waiting.removeAll()
+        for continuation in stranded { continuation.resume(throwing: CancellationError()) }
     }
 }

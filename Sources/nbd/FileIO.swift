@@ -117,14 +117,15 @@ struct RandomAccessFile: Sendable {
     /// A regular file (holes read as zeroes, the size can change).
     let isRegular: Bool
 
-    /// Opens `path` to read, or to write (created, or truncated if it is a regular file).
-    static func open(_ path: String, writing: Bool) async throws -> RandomAccessFile {
+    /// Opens `path` to read, or to write (created, and truncated if it is a regular file unless
+    /// `keepingContents`).
+    static func open(_ path: String, writing: Bool, keepingContents: Bool = false) async throws -> RandomAccessFile {
         try await NIOThreadPool.singleton.runIfActive {
             var status = stat()
             let exists = stat(path, &status) == 0
             let regular = !exists || (status.st_mode & S_IFMT) == S_IFREG
             // A device is written in place, never truncated.
-            let flags = writing ? (O_RDWR | O_CREAT | (regular ? O_TRUNC : 0)) : O_RDONLY
+            let flags = writing ? (O_RDWR | O_CREAT | (regular && !keepingContents ? O_TRUNC : 0)) : O_RDONLY
             let descriptor = Foundation.open(path, flags, 0o644)
             guard descriptor >= 0 else { throw POSIXFailure(operation: "open \(path)") }
             guard fstat(descriptor, &status) == 0 else {

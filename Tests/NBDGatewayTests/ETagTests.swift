@@ -77,6 +77,43 @@ struct ETagTests {
         }
     }
 
+    @Test("If-Match while another write runs is 412 (a tag taken then never passes); an upload whose client went away ends, and the current tag is written again")
+    func ifMatchDuringAnotherWrite() async throws {
+        try await withNBDKitGateway(["memory", "size=4M"]) { gateway, server in
+            let port = gateway.port
+            let before = try #require(try await gateway.get("/exports/disk").header("ETag"))
+            // An upload that stops after 100 KiB of its 2 MiB (less than a write chunk).
+            let upload = try await blockingPool.runIfActive { () throws -> RawHTTP.Connection in
+                let connection = try RawHTTP.Connection(port: port)
+                let head = "PUT /exports/disk/data?offset=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: \(2 << 20)\r\n\r\n"
+                _ = connection.write(Array(head.utf8) + [UInt8](repeating: 7, count: 100 << 10))
+                return connection
+            }
+            // Its admission moves the tag on: the tag taken after that is taken during the upload.
+            var during = before
+            try await waitUntil("the upload admitted") {
+                during = try await gateway.get("/exports/disk").header("ETag") ?? before
+                return during != before
+            }
+            let refused = try await gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=3145728", headers: [("If-Match", during)], body: [1]))
+            #expect(refused.status == 412 && refused.errorCode == "precondition_failed", "\(refused.summary)")
+            #expect((try? refused.errorObject())?["message"] as? String ?? "" == "If-Match \(during): another change to the export is running")
+
+            // The client goes away: the change ends when its session does; the tag moves on.
+            try await blockingPool.runIfActive { upload.close() }
+            var after = during
+            try await waitUntil("the abandoned upload ended") {
+                after = try await gateway.get("/exports/disk").header("ETag") ?? during
+                return after != during
+            }
+            let stale = try await gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=3145728", headers: [("If-Match", during)], body: [2]))
+            #expect(stale.status == 412, "\(stale.summary)")
+            let current = try await gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=3145728", headers: [("If-Match", after)], body: [3]))
+            #expect(current.status == 200, "\(current.summary)")
+            #expect(try await readBackend(server.uri, offset: 3145728, length: 1) == [3])
+        }
+    }
+
     @Test("If-None-Match on the metadata: 304 with the tag while current, 200 after a write; another run of the gateway has other tags")
     func ifNoneMatchAndRestart() async throws {
         try await withServer({ try await Servers.nbdkit(["memory", "size=1M"]) }) { server in

@@ -3,26 +3,62 @@ import Synchronization
 
 /// An export's content generation as this gateway knows it, for strong ETags: advanced when a
 /// write, zero or trim is admitted and again when it ends, and when the pool reconnects to
-/// the backend after having no connection (the backend may have changed meanwhile). A tag seen
-/// while a write was running is never current after it; nothing outside this gateway
-/// instance is seen (another replica's or another NBD client's writes).
+/// the backend after having no connection (the backend may have changed meanwhile). It also
+/// counts the changes running: while one runs the content is in motion, so no `If-Match` on a
+/// specific tag is admitted (a tag taken during it must not pass). Nothing outside this
+/// gateway instance is seen (another replica's or another NBD client's writes).
 public final class ContentVersion: Sendable {
-    private let generation = Atomic<UInt64>(0)
+    private let state = Mutex<(generation: UInt64, running: Int)>((0, 0))
 
     public init() {}
 
-    public var current: UInt64 { generation.load(ordering: .acquiring) }
+    public var current: UInt64 { state.withLock { $0.generation } }
+
+    /// Changes admitted and not yet ended.
+    public var running: Int { state.withLock { $0.running } }
 
     /// Moves to the next generation.
     public func advance() {
-        generation.add(1, ordering: .acquiringAndReleasing)
+        state.withLock { $0.generation += 1 }
     }
 
-    /// Moves on only from `expected` (an `If-Match` that held): false when the content had
-    /// moved on already. The check and the step are one atomic operation.
-    public func advance(from expected: UInt64) -> Bool {
-        generation.compareExchange(expected: expected, desired: expected + 1, ordering: .acquiringAndReleasing).exchanged
+    /// Admits a change: unconditionally (`expected` nil), or only from generation `expected`
+    /// with no other change running (an `If-Match` that held). The check, the step and the
+    /// count are one operation under the lock. The change ends when the returned value is
+    /// ended or released (an upload whose client went away ends when its session goes).
+    public func beginChange(from expected: UInt64? = nil) -> RunningChange? {
+        let admitted = state.withLock { state -> Bool in
+            if let expected, state.generation != expected || state.running > 0 { return false }
+            state.generation += 1
+            state.running += 1
+            return true
+        }
+        return admitted ? RunningChange(self) : nil
     }
+
+    fileprivate func endChange() {
+        state.withLock { state in
+            state.generation += 1
+            state.running -= 1
+        }
+    }
+}
+
+/// One admitted write, zero or trim; ends once, at `end()` or when released.
+public final class RunningChange: Sendable {
+    private let version: ContentVersion
+    private let ended = Atomic<Bool>(false)
+
+    fileprivate init(_ version: ContentVersion) {
+        self.version = version
+    }
+
+    /// Tags taken while it ran are stale from now on, whatever its outcome.
+    public func end() {
+        if !ended.exchange(true, ordering: .acquiringAndReleasing) { version.endChange() }
+    }
+
+    deinit { end() }
 }
 
 /// Strong entity tags `"INSTANCE-EXPORT-GENERATION"`: a value drawn when the gateway starts

@@ -79,20 +79,16 @@ extension GatewayRoutes {
         guard offset <= info.size, length <= info.size - offset else {
             throw .unsatisfiable("range \(offset)+\(length) passes the end of the export (size \(info.size))", size: info.size, export: name)
         }
-        try admitChange(request, pool, name)
+        let change = try admitChange(request, pool, name)
         // Without FUA on the export, durability comes from a FLUSH afterwards.
         let useFUA = fua && info.canFUA
         let flushAfter = (fua && !info.canFUA || info.canMultiConn) && info.canFlush
-        do {
-            try await withClient(pool, info, writing: true) { client in
-                try await body(client, offset, length, useFUA, fast)
-                if flushAfter { try await client.flush() }
-            }
-        } catch {
-            pool.version.advance()  // Tags taken while it ran are stale, whatever the outcome.
-            throw error
+        defer { change.end() }
+        try await withClient(pool, info, writing: true) { client in
+            try await body(client, offset, length, useFUA, fast)
+            if flushAfter { try await client.flush() }
         }
-        pool.version.advance()
+        change.end()  // Before the answer's tag: the one it carries is the content after the change.
         return .json(200, Self.operationJSON(operation, offset: offset, length: length), headers: [("ETag", etag(pool, name))])
     }
 }

@@ -184,7 +184,7 @@ extension GatewayRoutes {
         guard offset <= size, (declared ?? 0) <= size - offset else {
             throw .unsatisfiable("the write passes the end of the export (size \(size))", size: size, export: name)
         }
-        try admitChange(request, pool, name)
+        let change = try admitChange(request, pool, name)
         let useFUA = fua && info.canFUA
         // A FLUSH makes the data durable (fua without FUA support) and, with several
         // connections, visible on all of them before we answer.
@@ -200,6 +200,9 @@ extension GatewayRoutes {
                 pool.countWritten(chunk.readableBytes)
             },
             complete: {
+                // The session holds the change: an upload whose client went away ends it when
+                // the session goes, after its last write.
+                withExtendedLifetime(change) {}
                 if flushAfter { try await pool.withClient { try await $0.flush() } }
             }
         )
@@ -210,7 +213,7 @@ extension GatewayRoutes {
         let started = ContinuousClock.now
         return .accept(session) { [self] result in
             // The write is over (done or not): tags taken while it ran are stale from now on.
-            pool.version.advance()
+            change.end()
             let response: GatewayResponse
             switch result {
             case .success(let length):

@@ -207,20 +207,20 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
         tags.tag(export: name, generation: pool.version.current)
     }
 
-    /// Admits a write, zero or trim: with `If-Match`, only if it names the current tag (412
-    /// otherwise); the generation steps in the same atomic operation as the check.
-    func admitChange(_ request: GatewayRequest, _ pool: Catalog.Export, _ name: String) throws(GatewayError) {
-        guard let condition = request.header("If-Match") else {
-            pool.version.advance()
-            return
-        }
-        if EntityTags.list(condition, contains: "*") {
-            pool.version.advance()
-            return
+    /// Admits a write, zero or trim: with `If-Match`, only if it names the current tag and no
+    /// other change is running (412 otherwise); the check, the generation step and the count of
+    /// running changes are one operation.
+    func admitChange(_ request: GatewayRequest, _ pool: Catalog.Export, _ name: String) throws(GatewayError) -> RunningChange {
+        let condition = request.header("If-Match")
+        if condition == nil || EntityTags.list(condition ?? "", contains: "*"), let change = pool.version.beginChange() {
+            return change
         }
         let current = pool.version.current
-        if EntityTags.list(condition, contains: tags.tag(export: name, generation: current)), pool.version.advance(from: current) { return }
-        throw .preconditionFailed("If-Match \(condition) does not name the current ETag \(etag(pool, name))", export: name)
+        if let condition, EntityTags.list(condition, contains: tags.tag(export: name, generation: current)) {
+            if let change = pool.version.beginChange(from: current) { return change }
+            throw .preconditionFailed("If-Match \(condition): another change to the export is running", export: name)
+        }
+        throw .preconditionFailed("If-Match \(condition ?? "") does not name the current ETag \(etag(pool, name))", export: name)
     }
 
     func requireWritable(_ info: NBDExportInfo, _ name: String) throws(GatewayError) {

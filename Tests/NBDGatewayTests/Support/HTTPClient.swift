@@ -111,8 +111,9 @@ enum RawHTTP {
         }
     }
 
-    /// One TCP connection (used by a single thread at a time).
-    final class Connection {
+    /// One TCP connection (used by a single thread at a time; it may be handed from one to
+    /// the next, hence the unchecked Sendable).
+    final class Connection: @unchecked Sendable {
         private let fd: Int32
         private var buffer: [UInt8] = []
         private var closed = false

@@ -32,6 +32,18 @@ enum Paths {
         }
         return found
     }
+
+    /// The `nbd` tool SwiftPM built next to this test bundle.
+    static func toolBinary() throws -> String {
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("nbd").path,
+            repository.appendingPathComponent(".build/debug/nbd").path,
+        ]
+        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw TestFailure("nbd is not built (looked in \(candidates)); run swift build --build-tests")
+        }
+        return found
+    }
 }
 
 /// Decodes a waitpid status: the exit code, or 128 + the signal.
