@@ -27,8 +27,9 @@ struct CopyCommand: AsyncParsableCommand {
     @OptionGroup var client: ClientOptions
     @OptionGroup var gateway: GatewayOptions
     @Option(help: "NBD connections (or HTTP connections) per end (writes use several only with CAN_MULTI_CONN).") var connections = 4
-    @Option(name: .customLong("requests"), help: "Requests in flight at once.") var requestsInFlight = 16
-    @Option(name: .customLong("chunk-size"), help: "Bytes per read and write.") var chunkSize = 4 << 20
+    // 32 requests of 1 MiB kept up with nbdcopy from a Unix socket here; 16 of 4 MiB did not.
+    @Option(name: .customLong("requests"), help: "Requests in flight at once.") var requestsInFlight = 32
+    @Option(name: .customLong("chunk-size"), help: "Bytes per read and write.") var chunkSize = 1 << 20
     @Flag(help: "Compare the block checksums of both sides afterwards (exit 1 if they differ).") var verify = false
     @Option(name: .customLong("dirty-bitmap"), help: "Copy only the blocks this dirty bitmap (qemu:dirty-bitmap:NAME) marks, onto an existing copy.")
     var dirtyBitmap: String?

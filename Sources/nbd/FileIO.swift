@@ -170,24 +170,48 @@ struct RandomAccessFile: Sendable {
         }
     }
 
-    /// Writes `buffers` one after the other from `offset`.
+    /// Writes `buffers` one after the other from `offset`, with one pwritev for up to 1024 of
+    /// them (a piece read from NBD arrives as many receive-buffer slices).
     func write(at offset: UInt64, _ buffers: [ByteBuffer]) async throws {
         let descriptor = self.descriptor
         try await NIOThreadPool.singleton.runIfActive {
-            var position = off_t(offset)
-            for buffer in buffers {
-                try buffer.withUnsafeReadableBytes { bytes in
-                    var done = 0
-                    while done < bytes.count {
-                        guard let base = bytes.baseAddress else { return }
-                        let written = pwrite(descriptor, base + done, bytes.count - done, position + off_t(done))
-                        if written < 0 && errno == EINTR { continue }
-                        guard written >= 0 else { throw POSIXFailure(operation: "write") }
-                        done += written
+            try Self.withIOVectors(buffers[...], []) { vectors in
+                var vectors = vectors
+                var first = 0
+                var position = off_t(offset)
+                while first < vectors.count {
+                    let count = Int32(min(vectors.count - first, 1024))
+                    let written = vectors.withUnsafeMutableBufferPointer { pointer -> Int in
+                        guard let base = pointer.baseAddress else { return 0 }
+                        return pwritev(descriptor, base + first, count, position)
+                    }
+                    if written < 0 && errno == EINTR { continue }
+                    guard written > 0 else { throw POSIXFailure(operation: "write") }
+                    position += off_t(written)
+                    // Past the vectors written whole; the next one may be written in part.
+                    var left = written
+                    while first < vectors.count && left >= vectors[first].iov_len {
+                        left -= vectors[first].iov_len
+                        first += 1
+                    }
+                    if left > 0 {
+                        vectors[first].iov_base = vectors[first].iov_base.map { $0 + left }
+                        vectors[first].iov_len -= left
                     }
                 }
-                position += off_t(buffer.readableBytes)
             }
+        }
+    }
+
+    /// Calls `body` with an iovec for each buffer's readable bytes, all of them pinned meanwhile.
+    private static func withIOVectors(_ buffers: ArraySlice<ByteBuffer>, _ vectors: [iovec], _ body: ([iovec]) throws -> Void) throws {
+        guard let buffer = buffers.first else { return try body(vectors) }
+        try buffer.withUnsafeReadableBytes { bytes in
+            var vectors = vectors
+            if let base = bytes.baseAddress, bytes.count > 0 {
+                vectors.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: bytes.count))
+            }
+            try withIOVectors(buffers.dropFirst(), vectors, body)
         }
     }
 

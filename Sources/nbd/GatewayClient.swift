@@ -91,15 +91,31 @@ final class GatewayClient: Sendable {
         return extents
     }
 
-    /// `length` bytes at `offset`; with `ifMatch`, 412 when the disk changed since that tag.
-    func read(at offset: UInt64, length: Int, ifMatch: String?) async throws -> ByteBuffer {
+    /// `length` bytes at `offset`, as the pieces they arrived in (never joined: a copy
+    /// writes them with one pwritev); with `ifMatch`, 412 when the disk changed since that tag.
+    func read(at offset: UInt64, length: Int, ifMatch: String?) async throws -> [ByteBuffer] {
         var headers = [("Range", "bytes=\(offset)-\(offset + UInt64(length) - 1)")]
         if let ifMatch { headers.append(("If-Match", ifMatch)) }
-        let body = try await expect(try await send(.GET, dataURL, headers: headers), [.partialContent], limit: length)
-        guard body.readableBytes == length else {
-            throw NBDError(.protocolViolation, "the gateway sent \(body.readableBytes) of \(length) bytes at \(offset)")
+        let response = try await send(.GET, dataURL, headers: headers)
+        guard response.status == .partialContent else {
+            _ = try await expect(response, [.partialContent], limit: 1 << 20)
+            return []
         }
-        return body
+        var pieces: [ByteBuffer] = []
+        var received = 0
+        do {
+            for try await piece in response.body {
+                received += piece.readableBytes
+                guard received <= length else { break }
+                pieces.append(piece)
+            }
+        } catch {
+            throw NBDError(.connectionLost, "the gateway's answer was cut: \(NBDClient.plainDescription(of: error))")
+        }
+        guard received == length else {
+            throw NBDError(.protocolViolation, "the gateway sent \(received) bytes where \(length) were asked at \(offset)")
+        }
+        return pieces
     }
 
     /// A PUT of `buffers` at `offset`, with its SHA-256 `Content-Digest` checked by the gateway.

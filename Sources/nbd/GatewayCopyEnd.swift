@@ -38,7 +38,7 @@ struct GatewayCopyEnd: CopyEnd {
 
     func read(at offset: UInt64, length: Int, lane: Int) async throws -> [ByteBuffer] {
         do {
-            return [try await gateway.read(at: offset, length: length, ifMatch: sourceTag)]
+            return try await gateway.read(at: offset, length: length, ifMatch: sourceTag)
         } catch let failure as GatewayFailure where failure.status == .preconditionFailed {
             throw NBDError(.invalidArgument, "the source changed during the copy (\(failure))")
         }

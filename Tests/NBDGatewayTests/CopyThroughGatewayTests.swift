@@ -146,27 +146,42 @@ struct CopyThroughGatewayTests {
         }
     }
 
+    /// Sends one command to nbdkit's pause filter and waits for its echo ('P' once requests
+    /// received before it are done, 'R').
+    func pauseControl(_ socket: URL, _ command: String) async throws {
+        let script = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(sys.argv[2].encode()); print(s.recv(1).decode())"
+        let answer = try await runProcess("/usr/bin/python3", ["-c", script, socket.path, command]).stdoutText
+        #expect(answer.trimmingCharacters(in: .whitespacesAndNewlines) == command.uppercased())
+    }
+
     @Test("a gateway source written to during the copy: the copy fails (412 on the next read) instead of mixing two states")
     func sourceChangedDuringCopy() async throws {
         let directory = try Tools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        // Reads take 0.1 s each: sixteen 1 MiB reads one at a time leave room for a write.
-        try await withNBDKitGateway(["--filter=delay", "memory", "size=16M", "delay-read=100ms"]) { gateway, _ in
+        let control = directory.appendingPathComponent("pause.sock")
+        // The pause filter holds the copy's reads while a write is admitted. Reads take 0.2 s
+        // each, so the pause lands with about 30 of the 32 still to come.
+        try await withNBDKitGateway(["--filter=pause", "--filter=delay", "memory", "size=32M", "pause-control=\(control.path)", "delay-read=200ms"]) { gateway, _ in
             let url = "\(gateway.baseURL)/exports/disk/data"
-            try await withServer({ try await Servers.nbdkit(["pattern", "size=16M"]) }) { pattern in
+            try await withServer({ try await Servers.nbdkit(["pattern", "size=32M"]) }) { pattern in
                 try await run(["copy", pattern.uri, url])
             }
+            let before = try #require(try await gateway.get("/exports/disk").header("ETag"))
             let copy = directory.appendingPathComponent("copy.img")
             let tool = try Paths.toolBinary()
-            let line = "'\(tool)' copy --requests 1 --chunk-size 1048576 --progress-json '\(url)' '\(copy.path)' 2>&1 >/dev/null"
+            let line = "'\(tool)' copy --requests 1 --progress-json '\(url)' '\(copy.path)' 2>&1 >/dev/null"
             let process = try BackgroundProcess(try Tools.path("sh"), ["-c", line], stderrPath: directory.appendingPathComponent("stderr").path)
             let failure: String
             do {
                 _ = try await process.waitForLine(containing: "{\"copied\":1048576,", timeout: .seconds(60))
-                let written = try await gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=15728640", body: [UInt8](repeating: 1, count: 4096)))
-                #expect(written.status == 200)
+                try await pauseControl(control, "p")
+                async let written = gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=31457280", body: [UInt8](repeating: 1, count: 4096)))
+                try await waitUntil("the write admitted") { try await gateway.get("/exports/disk").header("ETag") != before }
+                try await pauseControl(control, "r")
+                #expect(try await written.status == 200)
                 failure = try await process.waitForLine(containing: "nbd: ", timeout: .seconds(60))
             } catch {
+                try? await pauseControl(control, "r")
                 await process.stop()
                 throw error
             }
