@@ -389,9 +389,15 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
             mhdResponse = MHD_create_response_from_buffer(0, nil, .RESPMEM_PERSISTENT)
         }
     case .bytes(let buffer):
+        // Sent from the buffer itself, not a copy: the box keeps its storage alive, unchanged,
+        // until libmicrohttpd destroys the response and calls `releaseBody`.
+        let box = Unmanaged.passRetained(HeldBody(buffer))
         mhdResponse = buffer.withUnsafeReadableBytes { bytes in
-            MHD_create_response_from_buffer(bytes.count, UnsafeMutableRawPointer(mutating: bytes.baseAddress), .RESPMEM_MUST_COPY)
+            MHD_create_response_from_buffer_with_free_callback_cls(
+                bytes.count, UnsafeMutableRawPointer(mutating: bytes.baseAddress), releaseBody, box.toOpaque()
+            )
         }
+        if mhdResponse == nil { box.release() }
     case .stream(let length, let body):
         if isHead {
             mhdResponse = MHD_create_response_from_callback(length, 4096, noBody, nil, nil)
@@ -441,6 +447,18 @@ private let readBody: MHD_ContentReaderCallback = { cls, _, buffer, max in
 }
 
 private let noBody: MHD_ContentReaderCallback = { _, _, _, _ in shim_MHD_CONTENT_READER_END_WITH_ERROR }
+
+/// A response body libmicrohttpd sends from our memory (a ByteBuffer's storage never moves
+/// or changes while a reference to it is held).
+private final class HeldBody {
+    let buffer: ByteBuffer
+    init(_ buffer: ByteBuffer) { self.buffer = buffer }
+}
+
+private let releaseBody: MHD_ContentReaderFreeCallback = { cls in
+    guard let cls else { return }
+    Unmanaged<HeldBody>.fromOpaque(cls).release()
+}
 
 private let releaseContext: MHD_ContentReaderFreeCallback = { cls in
     guard let cls else { return }
