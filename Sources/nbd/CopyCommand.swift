@@ -3,6 +3,7 @@ import NBDChecksum
 import NBDClient
 import NBDProtocol
 import NIOCore
+import NIOPosix
 
 struct CopyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -122,6 +123,7 @@ struct CopyCommand: AsyncParsableCommand {
         report.advance(by: skipped)
         var totals = Totals()
         let resume = self.resume
+        let executors = Self.eventLoopExecutors()
         try await withThrowingTaskGroup(of: (PieceOutcome, UInt64).self) { group in
             var next = 0
             var running = 0
@@ -129,7 +131,7 @@ struct CopyCommand: AsyncParsableCommand {
                 while running < requestsInFlight && next < pieces.count {
                     let piece = pieces[next]
                     let lane = next
-                    group.addTask {
+                    group.addTask(executorPreference: executors[lane % executors.count]) {
                         let buffers = piece.isZero ? [] : try await from.read(at: piece.offset, length: Int(piece.length), lane: lane)
                         if resume, try await Self.alreadyThere(piece, buffers, in: to) {
                             return (.alreadyThere, piece.length)
@@ -156,6 +158,13 @@ struct CopyCommand: AsyncParsableCommand {
         bar.finish()
         report.finish()
         return totals
+    }
+
+    /// One executor per event loop of the group the NBD and HTTP connections use: a piece's
+    /// task runs on an event loop, so its replies and body parts reach it with no hop to the
+    /// cooperative pool (and an HTTP request made there stays on that loop).
+    static func eventLoopExecutors() -> [NBDEventLoopExecutor] {
+        MultiThreadedEventLoopGroup.singleton.makeIterator().map { NBDEventLoopExecutor(eventLoop: $0) }
     }
 
     /// Whether the destination already holds `piece` (the source's `buffers`, or zeroes):

@@ -6,6 +6,7 @@ import NBDClient
 import NBDProtocol
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 
 /// How to reach a gateway: its token and the CA that signed its certificate.
@@ -53,7 +54,7 @@ final class GatewayClient: Sendable {
             tls.trustRoots = .file(cacert)
             configuration.tlsConfiguration = tls
         }
-        http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+        http = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
         authorization = options.resolvedToken.map { "Bearer \($0)" }
     }
 
