@@ -51,15 +51,33 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var disconnectWaiters: [EventLoopPromise<Void>] = []
     private var context: ChannelHandlerContext?
 
+    /// This connection's part of a shared receive-buffer budget.
+    struct BufferShare {
+        let budget: NBDReceiveBufferBudget
+        /// Buffers beyond the first that a busy connection would like.
+        let wanted: Int
+        let bufferSize: Int
+        var borrowed = 0
+        /// Gives the borrowed buffers back a second after the last reply, unless busy again:
+        /// a stream's pause between windows does not drop its buffers.
+        var release: Scheduled<Void>?
+    }
+
+    private var bufferShare: BufferShare?
+    /// Whether requests were in flight when the buffer share last looked.
+    private var busy = false
+
     init(
         configuration: NBDHandshakeStateMachine.Configuration,
         handshakePromise: EventLoopPromise<NBDHandshakeOutcome>,
         requestTimeout: TimeAmount?,
-        tlsHandlerFactory: (@Sendable () throws -> NIOSSLClientHandler)?
+        tlsHandlerFactory: (@Sendable () throws -> NIOSSLClientHandler)?,
+        bufferShare: BufferShare? = nil
     ) {
         self.machine = NBDConnectionStateMachine(handshake: configuration, requestTimeout: requestTimeout)
         self.handshakePromise = handshakePromise
         self.tlsHandlerFactory = tlsHandlerFactory
+        self.bufferShare = bufferShare
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -68,6 +86,43 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        giveBackBuffers(context: nil)
+    }
+
+    // MARK: - Receive buffers
+
+    private func requestsInFlightChanged(context: ChannelHandlerContext) {
+        guard bufferShare != nil, busy == waiters.isEmpty else { return }
+        busy = !waiters.isEmpty
+        guard var share = bufferShare else { return }
+        if waiters.isEmpty {
+            guard share.borrowed > 0, share.release == nil else { return }
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            share.release = context.eventLoop.scheduleTask(in: .seconds(1)) {
+                let handler = handler.value
+                handler.bufferShare?.release = nil
+                handler.giveBackBuffers(context: handler.context)
+            }
+        } else {
+            share.release?.cancel()
+            share.release = nil
+            if share.borrowed == 0 {
+                share.borrowed = share.budget.borrow(upTo: share.wanted, of: share.bufferSize)
+                if share.borrowed > 0 { try? context.channel.syncOptions?.setOption(.maxMessagesPerRead, value: UInt(1 + share.borrowed)) }
+            }
+        }
+        bufferShare = share
+    }
+
+    /// Returns what was borrowed; the channel's pool drops all but one buffer.
+    private func giveBackBuffers(context: ChannelHandlerContext?) {
+        guard var share = bufferShare, share.borrowed > 0 else { return }
+        share.release?.cancel()
+        share.release = nil
+        share.budget.giveBack(share.borrowed, of: share.bufferSize)
+        share.borrowed = 0
+        bufferShare = share
+        try? context?.channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
     }
 
     // MARK: - Events
@@ -127,7 +182,10 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var action = action
         var submitted = submitted
         while true {
-            if case .wait = action { return }
+            if case .wait = action {
+                requestsInFlightChanged(context: context)
+                return
+            }
             perform(action, submitted: submitted, context: context)
             submitted = nil
             action = machine.nextAction()

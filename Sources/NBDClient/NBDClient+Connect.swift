@@ -116,12 +116,19 @@ extension NBDClient {
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: configuration.receiveBufferSize))
-            // NIO keeps up to maxMessagesPerRead receive buffers and reuses any no longer referenced.
-            .channelOption(.maxMessagesPerRead, value: UInt(configuration.receiveBufferPoolSize))
+            // NIO keeps up to maxMessagesPerRead receive buffers and reuses any no longer
+            // referenced. With a budget, one until requests are in flight (see the handler).
+            .channelOption(.maxMessagesPerRead, value: UInt(configuration.receiveBufferBudget == nil ? configuration.receiveBufferPoolSize : 1))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let share = configuration.receiveBufferBudget.map {
+                        NBDChannelHandler.BufferShare(
+                            budget: $0, wanted: configuration.receiveBufferPoolSize - 1, bufferSize: configuration.receiveBufferSize
+                        )
+                    }
                     let handler = NBDChannelHandler(
-                        configuration: handshake, handshakePromise: promise, requestTimeout: timeout, tlsHandlerFactory: tlsFactory
+                        configuration: handshake, handshakePromise: promise, requestTimeout: timeout, tlsHandlerFactory: tlsFactory,
+                        bufferShare: share
                     )
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }

@@ -71,6 +71,10 @@ public struct NBDClientConfiguration: Sendable {
     /// of it has been released. Enough of them to cover what a reader holds at once (say
     /// `window × chunk` of a streaming read) means no allocation, page fault or zeroing per read.
     public var receiveBufferPoolSize: Int
+    /// Shared by many connections: the pool beyond one buffer is borrowed from it while
+    /// requests are in flight and given back when the connection is idle (see
+    /// `NBDReceiveBufferBudget`). Nil: each connection keeps its whole pool.
+    public var receiveBufferBudget: NBDReceiveBufferBudget?
 
     public init(
         tls: NBDTLSConfiguration? = nil,

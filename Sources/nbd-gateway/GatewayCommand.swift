@@ -37,6 +37,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest PUT body in bytes (413 above it; unlimited by default).") var maxBodySize: UInt64?
+    @Option(name: .customLong("buffer-memory"), help: "Bytes of NBD receive buffers all busy connections share (64 MiB); an idle connection keeps one buffer.") var bufferMemory: Int?
     @Option(name: .customLong("header-timeout"), help: "Seconds a connection has to send a whole request header, however it drips (30).") var headerTimeout: Int?
     @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle HTTP keep-alive connection stays open (not the NBD pool's --idle-timeout).") var keepAliveTimeout: Int?
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
@@ -69,6 +70,7 @@ struct GatewayCommand: AsyncParsableCommand {
         if settings.headerTimeout < 1 { throw ValidationError("--header-timeout must be at least 1 second") }
         if settings.readRetries < 0 || settings.readRetries > 100 { throw ValidationError("--read-retries must be 0...100") }
         if !(settings.shutdownGrace >= 0 && settings.shutdownGrace <= 3600) { throw ValidationError("--shutdown-grace must be 0...3600 seconds") }
+        if settings.bufferMemory < 0 { throw ValidationError("--buffer-memory must not be negative") }
         for export in settings.exports {
             guard let equals = export.firstIndex(of: "=") else { throw ValidationError("--export takes NAME=URI, not \"\(export)\"") }
             do { _ = try NBDURI(parsing: String(export[export.index(after: equals)...])) } catch { throw ValidationError("\(error)") }
@@ -121,6 +123,8 @@ struct GatewayCommand: AsyncParsableCommand {
 
         var client = NBDClientConfiguration()
         client.requestTimeout = .seconds(Int64(settings.requestTimeout))
+        let bufferBudget = NBDReceiveBufferBudget(bytes: settings.bufferMemory)
+        client.receiveBufferBudget = bufferBudget
         // Dirty bitmaps and allocation depth, where the export offers them, for /extents?context=.
         client.listedContextPrefixes = ["qemu:dirty-bitmap:", "qemu:allocation-depth"]
         if settings.nbdTLSCA != nil || settings.nbdTLSCert != nil {
@@ -153,7 +157,11 @@ struct GatewayCommand: AsyncParsableCommand {
             routes: GatewayRouteSettings(
                 readOnly: settings.readOnly,
                 openAPIDocument: try OpenAPIDocument.load(),
-                metricsText: { registry.emitToString() },
+                metricsText: {
+                    // Sampled when scraped: the bytes busy connections have borrowed right now.
+                    Gauge(label: "nbd_gateway_receive_buffer_bytes").record(bufferBudget.inUse)
+                    return registry.emitToString()
+                },
                 readRetries: settings.readRetries,
                 maximumBodySize: settings.maxBodySize,
                 access: access,
@@ -214,6 +222,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var keepAliveTimeout: Int
         var headerTimeout: Int
         var maxBodySize: UInt64?
+        var bufferMemory: Int
         var logLevel: String
         var authFile: String?
         var httpsCert: String?
@@ -263,6 +272,7 @@ struct GatewayCommand: AsyncParsableCommand {
                 guard value >= 0 else { throw ValidationError("NBD_GATEWAY_MAX_BODY_SIZE must not be negative") }
                 return UInt64(value)
             },
+            bufferMemory: try bufferMemory ?? envInt("BUFFER_MEMORY") ?? 64 << 20,
             logLevel: logLevel ?? env("LOG_LEVEL") ?? "info",
             authFile: authFile ?? env("AUTH_FILE"),
             httpsCert: httpsCert ?? env("HTTPS_CERT"),
