@@ -12,11 +12,13 @@ struct CopyThroughGatewayTests {
     /// About a quarter data, in runs of about 256 KiB: every 4 MiB chunk has some of each.
     static let sparseRandom = ["sparse-random", "size=\(size)", "percent=25", "runlength=262144", "seed=5"]
 
+    @discardableResult
     func run(_ arguments: [String], check: Bool = true) async throws -> ProcessResult {
         try await runProcess(try Paths.toolBinary(), arguments, timeout: .seconds(120), check: check)
     }
 
     /// Runs a shell line (for `<` and `>`), the tool's path in `$NBD`.
+    @discardableResult
     func shell(_ line: String, check: Bool = true) async throws -> ProcessResult {
         try await runProcess("sh", ["-c", line], timeout: .seconds(120), check: check, environment: ["NBD": try Paths.toolBinary()])
     }
@@ -120,7 +122,7 @@ struct CopyThroughGatewayTests {
         let directory = try Tools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let reference = directory.appendingPathComponent("reference.img")
-        try await withServer({ try await Servers.nbdkit(Self.sparseRandom) }) { source in
+        _ = try await withServer({ try await Servers.nbdkit(Self.sparseRandom) }) { source in
             try await runProcess("nbdcopy", [source.uri, reference.path])
         }
         try await withNBDKitGateway(["memory", "size=\(Self.size)"]) { gateway, backend in
@@ -163,7 +165,7 @@ struct CopyThroughGatewayTests {
         // each, so the pause lands with about 30 of the 32 still to come.
         try await withNBDKitGateway(["--filter=pause", "--filter=delay", "memory", "size=32M", "pause-control=\(control.path)", "delay-read=200ms"]) { gateway, _ in
             let url = "\(gateway.baseURL)/exports/disk/data"
-            try await withServer({ try await Servers.nbdkit(["pattern", "size=32M"]) }) { pattern in
+            _ = try await withServer({ try await Servers.nbdkit(["pattern", "size=32M"]) }) { pattern in
                 try await run(["copy", pattern.uri, url])
             }
             let before = try #require(try await gateway.get("/exports/disk").header("ETag"))
@@ -196,7 +198,7 @@ struct CopyThroughGatewayTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let reference = directory.appendingPathComponent("reference.img")
         let accessLog = directory.appendingPathComponent("access.log")
-        try await withServer({ try await Servers.nbdkit(Self.sparseRandom) }) { source in
+        _ = try await withServer({ try await Servers.nbdkit(Self.sparseRandom) }) { source in
             try await runProcess("nbdcopy", [source.uri, reference.path])
         }
         let half = Self.size / 2
@@ -255,7 +257,7 @@ struct CopyThroughGatewayTests {
         try await runProcess("qemu-img", ["create", "-q", "-f", "qcow2", image, "64M"])
         try await runProcess("qemu-io", ["-c", "write -P 7 0 1M", "-c", "write -P 5 20M 2M", image])
         let backup = directory.appendingPathComponent("backup.img")
-        try await withServer({ try await Servers.qemuNBD(image: image, readOnly: true, format: "qcow2") }) { server in
+        _ = try await withServer({ try await Servers.qemuNBD(image: image, readOnly: true, format: "qcow2") }) { server in
             try await run(["copy", server.uri, backup.path])
         }
         let backupForGateway = directory.appendingPathComponent("backup-gateway.img")
