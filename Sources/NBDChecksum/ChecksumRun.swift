@@ -43,6 +43,16 @@ public enum ChecksumRun {
         return blocks
     }
 
+    /// The checksum of `offset..<offset+length` in blocks of `blockSize`: blocks that
+    /// `extents` says read as zeroes are not read, the rest are read with `read`.
+    public static func checksum(
+        offset: UInt64, length: UInt64, extents: [NBDExtent], algorithm: ChecksumAlgorithm, blockSize: Int, window: Int = 4,
+        read: @escaping @Sendable (_ offset: UInt64, _ length: Int) async throws -> [ByteBuffer]
+    ) async throws -> String {
+        let blocks = blocks(offset: offset, length: length, blockSize: blockSize, extents: extents)
+        return try await checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: window, read: read)
+    }
+
     /// The checksum of `blocks`: zero blocks from the precomputed digest, data blocks read with
     /// `read` (up to `window` at once) and hashed as they arrive.
     public static func checksum(

@@ -68,9 +68,10 @@ struct ChecksumCommand: AsyncParsableCommand {
     /// Data blocks read eight at a time, each retried after EIO; zero blocks never read.
     private func checksum(_ end: any CopyEnd, _ total: UInt64, _ algorithm: ChecksumAlgorithm) async throws -> String {
         let extents = total > 0 ? try await end.extents(at: offset, length: total) : []
-        let blocks = ChecksumRun.blocks(offset: offset, length: total, blockSize: blockSize, extents: extents)
         let retry = NBDReadRetry(attempts: 3)
-        return try await ChecksumRun.checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: 8) { blockOffset, blockLength in
+        return try await ChecksumRun.checksum(
+            offset: offset, length: total, extents: extents, algorithm: algorithm, blockSize: blockSize, window: 8
+        ) { blockOffset, blockLength in
             try await retry.run(progress: { 0 }, retryable: { $0.errno == .EIO }) {
                 try await end.read(at: blockOffset, length: blockLength, lane: 0)
             }

@@ -172,8 +172,9 @@ struct CopyCommand: AsyncParsableCommand {
     private static func alreadyThere(_ piece: CopyPiece, _ buffers: [ByteBuffer], in to: any CopyEnd) async throws -> Bool {
         let blockSize = ChecksumAlgorithm.defaultBlockSize
         let extents = piece.isZero ? [NBDExtent(offset: piece.offset, length: piece.length, flags: NBDAllocationFlags.zero)] : []
-        let blocks = ChecksumRun.blocks(offset: piece.offset, length: piece.length, blockSize: blockSize, extents: extents)
-        let expected = try await ChecksumRun.checksum(blocks, algorithm: .blake2b, blockSize: blockSize, window: 1) { offset, length in
+        let expected = try await ChecksumRun.checksum(
+            offset: piece.offset, length: piece.length, extents: extents, algorithm: .blake2b, blockSize: blockSize, window: 1
+        ) { offset, length in
             ByteSlices.slices(of: buffers, startingAt: piece.offset, at: offset, length: length)
         }
         return try await to.checksum(at: piece.offset, length: piece.length) == expected

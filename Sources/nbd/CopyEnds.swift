@@ -41,9 +41,22 @@ extension CopyEnd {
     func checksum(at offset: UInt64, length: UInt64) async throws -> String {
         let blockSize = ChecksumAlgorithm.defaultBlockSize
         let extents = length > 0 ? try await self.extents(at: offset, length: length) : []
-        let blocks = ChecksumRun.blocks(offset: offset, length: length, blockSize: blockSize, extents: extents)
-        return try await ChecksumRun.checksum(blocks, algorithm: .blake2b, blockSize: blockSize, window: 4) { blockOffset, count in
+        return try await ChecksumRun.checksum(offset: offset, length: length, extents: extents, algorithm: .blake2b, blockSize: blockSize) { blockOffset, count in
             try await self.read(at: blockOffset, length: count, lane: Int(blockOffset / UInt64(blockSize)))
+        }
+    }
+}
+
+/// Zeroes written as bytes, for ends that cannot zero otherwise: pieces of at most 4 MiB,
+/// slices of one buffer of zeroes.
+enum ZeroBytes {
+    static func write(at offset: UInt64, length: UInt64, _ write: (UInt64, ByteBuffer) async throws -> Void) async throws {
+        let zeroes = ByteBuffer(repeating: 0, count: Int(min(length, 4 << 20)))
+        var position = offset
+        while position < offset + length {
+            let count = Int(min(UInt64(zeroes.readableBytes), offset + length - position))
+            try await write(position, zeroes.getSlice(at: zeroes.readerIndex, length: count) ?? zeroes)
+            position += UInt64(count)
         }
     }
 }
@@ -128,13 +141,7 @@ struct NBDCopyEnd: CopyEnd {
     func zero(at offset: UInt64, length: UInt64, lane: Int) async throws {
         let connection = client(lane)
         guard info.canZero else {
-            var position = offset
-            while position < offset + length {
-                let count = Int(min(UInt64(4 << 20), offset + length - position))
-                try await connection.write(at: position, ByteBuffer(repeating: 0, count: count))
-                position += UInt64(count)
-            }
-            return
+            return try await ZeroBytes.write(at: offset, length: length) { try await connection.write(at: $0, $1) }
         }
         if info.canFastZero {
             do {
@@ -189,12 +196,7 @@ struct FileCopyEnd: CopyEnd {
     }
 
     func zero(at offset: UInt64, length: UInt64, lane: Int) async throws {
-        var position = offset
-        while position < offset + length {
-            let count = Int(min(UInt64(4 << 20), offset + length - position))
-            try await file.write(at: position, [ByteBuffer(repeating: 0, count: count)])
-            position += UInt64(count)
-        }
+        try await ZeroBytes.write(at: offset, length: length) { try await file.write(at: $0, [$1]) }
     }
 
     /// A copy from a stream learns the size only at its end.
@@ -244,13 +246,7 @@ struct StreamCopyEnd: CopyEnd {
     }
 
     func zero(at offset: UInt64, length: UInt64, lane: Int) async throws {
-        var position = offset
-        let zeroes = ByteBuffer(repeating: 0, count: Int(min(length, 4 << 20)))
-        while position < offset + length {
-            let count = Int(min(UInt64(zeroes.readableBytes), offset + length - position))
-            try await write(at: position, [zeroes.getSlice(at: zeroes.readerIndex, length: count) ?? zeroes], lane: lane)
-            position += UInt64(count)
-        }
+        try await ZeroBytes.write(at: offset, length: length) { try await write(at: $0, [$1], lane: lane) }
     }
 
     func finish(size: UInt64) async throws {}

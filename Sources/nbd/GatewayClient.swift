@@ -64,11 +64,12 @@ final class GatewayClient: Sendable {
 
     // MARK: - Routes
 
-    /// The export's metadata (`GET /exports/NAME`) and its entity tag.
-    func metadata() async throws -> (GatewayExport, etag: String?) {
+    /// The export's metadata (`GET /exports/NAME`: the fields of `nbd info --json`, and more
+    /// that are not needed here) and its entity tag.
+    func metadata() async throws -> (NBDExportMetadata, etag: String?) {
         let response = try await send(.GET, exportURL)
         let body = try await expect(response, [.ok], limit: 1 << 20)
-        return (try decode(GatewayExport.self, body), response.headers.first(name: "ETag"))
+        return (try decode(NBDExportMetadata.self, body), response.headers.first(name: "ETag"))
     }
 
     /// The extents of `context` from `offset`, following the gateway's partial answers to the end.
@@ -232,31 +233,6 @@ struct GatewayFailure: Error, CustomStringConvertible {
         if let message { text += ": \(message)" }
         if let nbdError { text += " (\(nbdError))" }
         return text
-    }
-}
-
-/// The metadata fields a copy needs (`GET /exports/NAME`).
-struct GatewayExport: Decodable {
-    struct BlockSize: Decodable { var minimum: UInt32 }
-    var size: UInt64
-    var readOnly: Bool
-    var canFlush: Bool
-    var canZero: Bool
-    var canFastZero: Bool
-    var canMultiConn: Bool
-    var blockSize: BlockSize
-    var contexts: [String]
-    var availableContexts: [String]?
-
-    enum CodingKeys: String, CodingKey {
-        case size, contexts
-        case readOnly = "read_only"
-        case canFlush = "can_flush"
-        case canZero = "can_zero"
-        case canFastZero = "can_fast_zero"
-        case canMultiConn = "can_multi_conn"
-        case blockSize = "block_size"
-        case availableContexts = "available_contexts"
     }
 }
 

@@ -1,4 +1,5 @@
 import NBDChecksum
+import NBDClient
 import NBDProtocol
 import NIOCore
 
@@ -6,7 +7,7 @@ import NIOCore
 /// write, `/zero` zeroes, `/extents` maps and `/checksum` verifies without moving the bytes.
 struct GatewayCopyEnd: CopyEnd {
     let gateway: GatewayClient
-    let export: GatewayExport
+    let export: NBDExportMetadata
     /// The tag the disk had when the copy began: reads from it are `If-Match`ed, so a disk
     /// changed under the copy fails it (412) instead of giving a mix of two states.
     let sourceTag: String?
@@ -64,13 +65,7 @@ struct GatewayCopyEnd: CopyEnd {
     /// cannot zero.
     func zero(at offset: UInt64, length: UInt64, lane: Int) async throws {
         guard export.canZero else {
-            var position = offset
-            while position < offset + length {
-                let count = Int(min(UInt64(4 << 20), offset + length - position))
-                try await gateway.write(at: position, [ByteBuffer(repeating: 0, count: count)])
-                position += UInt64(count)
-            }
-            return
+            return try await ZeroBytes.write(at: offset, length: length) { try await gateway.write(at: $0, [$1]) }
         }
         try await gateway.zero(at: offset, length: length, fast: export.canFastZero)
     }

@@ -34,11 +34,12 @@ extension GatewayRoutes {
         if info.canBlockStatus && length > 0 {
             extents = try await withReadRetries(pool, info) { try await $0.blockStatus(at: offset, length: length) }
         }
-        let blocks = ChecksumRun.blocks(offset: offset, length: length, blockSize: blockSize, extents: extents)
         let retry = NBDReadRetry(attempts: settings.readRetries)
         // Each block's read is retried on its own: a failure never starts the checksum over.
         let checksum = try await answeringNBDErrors(pool, info) {
-            try await ChecksumRun.checksum(blocks, algorithm: algorithm, blockSize: blockSize, window: 4) { blockOffset, blockLength in
+            try await ChecksumRun.checksum(
+                offset: offset, length: length, extents: extents, algorithm: algorithm, blockSize: blockSize, window: 4
+            ) { blockOffset, blockLength in
                 let buffer = try await retry.run(progress: { 0 }) {
                     try await pool.withClient { try await $0.read(at: blockOffset, length: blockLength) }
                 }
