@@ -118,6 +118,26 @@ public enum Tools {
         return pid
     }
 
+    /// An executable of this package that SwiftPM built: next to the running test bundle, or
+    /// in `packageRoot`'s `.build/debug`.
+    public static func builtExecutable(_ name: String, packageRoot: URL) throws -> String {
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name).path,
+            packageRoot.appendingPathComponent(".build/debug/\(name)").path,
+        ]
+        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw TestFailure("\(name) is not built (looked in \(candidates)); run swift build --build-tests")
+        }
+        return found
+    }
+
+    /// The bytes a file has on disk (its holes take none).
+    public static func allocatedBytes(_ file: URL) throws -> Int {
+        var status = stat()
+        guard stat(file.path, &status) == 0 else { throw TestFailure("stat \(file.path)") }
+        return Int(status.st_blocks) * 512
+    }
+
     public static func temporaryDirectory() throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-test-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)

@@ -18,12 +18,6 @@ struct CopyTests {
         }
     }
 
-    func allocatedBytes(_ file: URL) throws -> Int {
-        var status = stat()
-        guard stat(file.path, &status) == 0 else { throw TestFailure("stat \(file.path)") }
-        return Int(status.st_blocks) * 512
-    }
-
     func expectSame(_ first: URL, _ second: URL) async throws {
         let comparison = try await Tools.run("cmp", [first.path, second.path], check: false)
         #expect(comparison.status == 0, "\(String(decoding: comparison.stdout + comparison.stderr, as: UTF8.self))")
@@ -40,7 +34,7 @@ struct CopyTests {
             try await Tools.run(tool, ["copy", source.uri, copy.path])
             try await expectSame(reference, copy)
             // About 4 MiB of data in 64 MiB: the rest stays holes.
-            let allocated = try allocatedBytes(copy)
+            let allocated = try Tools.allocatedBytes(copy)
             #expect(allocated < 8 << 20, "\(allocated) bytes allocated")
 
             // Into an export full of pattern bytes: data written, zero extents zeroed.

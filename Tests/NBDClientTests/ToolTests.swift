@@ -5,15 +5,7 @@ import Testing
 
 /// The `nbd` executable SwiftPM built next to this test bundle.
 func nbdToolPath() throws -> String {
-    let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("nbd").path,
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent(".build/debug/nbd").path,
-    ]
-    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw TestFailure("the nbd tool is not built (looked in \(candidates))")
-    }
-    return found
+    try Tools.builtExecutable("nbd", packageRoot: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent())
 }
 
 @Suite("The nbd tool")

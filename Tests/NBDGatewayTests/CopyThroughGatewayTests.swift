@@ -28,12 +28,6 @@ struct CopyThroughGatewayTests {
         #expect(comparison.status == 0, "\(comparison.stdoutText)\(comparison.stderrText)", sourceLocation: sourceLocation)
     }
 
-    func allocatedBytes(_ file: URL) throws -> Int {
-        var status = stat()
-        guard stat(file.path, &status) == 0 else { throw TestFailure("stat \(file.path)") }
-        return Int(status.st_blocks) * 512
-    }
-
     /// Bytes of data (not zero) in an NBD export, as `nbdinfo --map --totals` counts them.
     func dataBytes(_ uri: String) async throws -> Int {
         let totals = try await runProcess("nbdinfo", ["--map", "--totals", uri]).stdoutText
@@ -97,7 +91,7 @@ struct CopyThroughGatewayTests {
                 let file = directory.appendingPathComponent("copy.img")
                 try await run(["copy"] + access + [url, file.path])
                 try await expectSame(reference, file)
-                let allocated = try allocatedBytes(file)
+                let allocated = try Tools.allocatedBytes(file)
                 #expect(allocated < Self.size / 2, "\(allocated) bytes allocated of \(Self.size)")
 
                 let sums = [
@@ -139,7 +133,7 @@ struct CopyThroughGatewayTests {
             let sparse = directory.appendingPathComponent("sparse.img")
             try await shell("cat '\(reference.path)' | \"$NBD\" copy - '\(sparse.path)'")
             try await expectSame(reference, sparse)
-            let allocated = try allocatedBytes(sparse)
+            let allocated = try Tools.allocatedBytes(sparse)
             #expect(allocated < Self.size * 3 / 4, "\(allocated) bytes allocated of \(Self.size)")
 
             let tooLong = try await shell("cat '\(reference.path)' '\(reference.path)' | \"$NBD\" copy - '\(url)'", check: false)

@@ -37,6 +37,13 @@ struct IntegrityTests {
         },
     ]
 
+    /// 1-32 sectors at a random place in the 1 MiB disk: overlaps are frequent.
+    static func randomSpan(_ random: inout SeededGenerator) -> Range<Int> {
+        let count = Int(random.next() % 32) + 1
+        let first = Int(random.next() % UInt64(sectors - count + 1))
+        return first..<(first + count)
+    }
+
     /// A write's sectors: each holds the write's id and the sector's number, 32 times over, so
     /// a sector tells which write put it there and whether it is whole.
     static func encode(id: UInt64, sectors range: Range<Int>) -> [UInt8] {
@@ -110,11 +117,9 @@ struct IntegrityTests {
                         group.addTask {
                             var random = SeededGenerator(seed: UInt64(client + 1))
                             for sequence in 0..<Self.operationsPerClient {
-                                // Spans of 1-32 sectors in a 1 MiB disk: overlaps are frequent.
-                                let count = Int(random.next() % 32) + 1
-                                let first = Int(random.next() % UInt64(Self.sectors - count + 1))
-                                let span = first..<(first + count)
-                                let offset = first * Self.sector
+                                let span = Self.randomSpan(&random)
+                                let count = span.count
+                                let offset = span.lowerBound * Self.sector
                                 let sent = ContinuousClock.now
                                 if random.next() % 5 < 3 {
                                     let id = UInt64(client + 1) << 32 | UInt64(sequence + 1)
@@ -151,12 +156,10 @@ struct IntegrityTests {
                 var random = SeededGenerator(seed: 99)
                 var tail: [Range<Int>] = []
                 for sequence in 0..<Self.tailWrites {
-                    let count = Int(random.next() % 32) + 1
-                    let first = Int(random.next() % UInt64(Self.sectors - count + 1))
-                    let span = first..<(first + count)
+                    let span = Self.randomSpan(&random)
                     let id = UInt64(Self.clients + 1) << 32 | UInt64(sequence + 1)
                     let sent = ContinuousClock.now
-                    let response = try await RawHTTP.send(HTTPRequest("PUT", "/exports/disk/data?offset=\(first * Self.sector)", body: Self.encode(id: id, sectors: span)), port: port)
+                    let response = try await RawHTTP.send(HTTPRequest("PUT", "/exports/disk/data?offset=\(span.lowerBound * Self.sector)", body: Self.encode(id: id, sectors: span)), port: port)
                     let acknowledged = ContinuousClock.now
                     #expect(response.status == 200, "\(response.summary)")
                     log.withLock { $0.writes.append(Write(id: id, sectors: span, sent: sent, acknowledged: acknowledged)) }

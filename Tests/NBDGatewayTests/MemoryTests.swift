@@ -8,11 +8,7 @@ import Testing
 @Suite("Memory")
 struct MemoryTests {
     private func peakResidentMiB(_ pid: pid_t) throws -> Int {
-        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        else { throw TestFailure("no VmHWM in /proc/\(pid)/status") }
-        return kilobytes / 1024
+        try processStatusKiB(pid, "VmHWM") / 1024
     }
 
     @Test("a 4 GiB GET and a 1 GiB PUT keep the gateway under 64 MiB resident")
@@ -39,11 +35,7 @@ struct MemoryTests {
     }
 
     private func residentMiB(_ pid: pid_t) throws -> Int {
-        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        else { throw TestFailure("no VmRSS in /proc/\(pid)/status") }
-        return kilobytes / 1024
+        try processStatusKiB(pid, "VmRSS") / 1024
     }
 
     /// Without the budget each export's connection kept its whole pool of receive buffers:

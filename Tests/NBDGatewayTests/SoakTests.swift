@@ -161,8 +161,6 @@ struct SoakTests {
 
     static func resources(_ pid: pid_t) throws -> (descriptors: Int, residentKiB: Int) {
         let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
-        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }?.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        return (descriptors, rss)
+        return (descriptors, try processStatusKiB(pid, "VmRSS"))
     }
 }

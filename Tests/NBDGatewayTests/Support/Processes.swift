@@ -23,27 +23,22 @@ enum Paths {
 
     /// The `nbd-gateway` executable SwiftPM built next to this test bundle.
     static func gatewayBinary() throws -> String {
-        let candidates = [
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("nbd-gateway").path,
-            repository.appendingPathComponent(".build/debug/nbd-gateway").path,
-        ]
-        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            throw TestFailure("nbd-gateway is not built (looked in \(candidates)); run swift build --build-tests")
-        }
-        return found
+        try Tools.builtExecutable("nbd-gateway", packageRoot: repository)
     }
 
     /// The `nbd` tool SwiftPM built next to this test bundle.
     static func toolBinary() throws -> String {
-        let candidates = [
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("nbd").path,
-            repository.appendingPathComponent(".build/debug/nbd").path,
-        ]
-        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            throw TestFailure("nbd is not built (looked in \(candidates)); run swift build --build-tests")
-        }
-        return found
+        try Tools.builtExecutable("nbd", packageRoot: repository)
     }
+}
+
+/// A size field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in KiB.
+func processStatusKiB(_ pid: pid_t, _ field: String) throws -> Int {
+    let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+    guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("\(field):") }),
+          let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+    else { throw TestFailure("no \(field) in /proc/\(pid)/status") }
+    return kilobytes
 }
 
 /// Decodes a waitpid status: the exit code, or 128 + the signal.
