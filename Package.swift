@@ -90,6 +90,8 @@ let package = Package(
         ),
         // libmicrohttpd, through a shim for its variadic calls; only the gateway's adapter imports it.
         .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
+        // glibc's malloc_trim, for the gateway to give freed buffers back when it goes quiet.
+        .systemLibrary(name: "CMalloc"),
         // The REST gateway: routes (no sockets), connection pools, streaming, the libmicrohttpd adapter.
         .target(
             name: "NBDGateway",
@@ -98,6 +100,7 @@ let package = Package(
                 "NBDClient",
                 "NBDChecksum",
                 "CMicroHTTPD",
+                "CMalloc",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

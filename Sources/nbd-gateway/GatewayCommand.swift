@@ -37,7 +37,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for an NBD reply (504 after).") var requestTimeout: Int?
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an unused NBD connection is closed.") var idleTimeout: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest PUT body in bytes (413 above it; unlimited by default).") var maxBodySize: UInt64?
-    @Option(name: .customLong("buffer-memory"), help: "Bytes of NBD receive buffers all busy connections share (64 MiB); an idle connection keeps one buffer.") var bufferMemory: Int?
+    @Option(name: .customLong("buffer-memory"), help: "Bytes of NBD receive buffers busy connections share (64 MiB). An unused connection keeps one buffer; those beyond a quarter of this close, the longest unused first.") var bufferMemory: Int?
     @Option(name: .customLong("header-timeout"), help: "Seconds a connection has to send a whole request header, however it drips (30).") var headerTimeout: Int?
     @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle HTTP keep-alive connection stays open (not the NBD pool's --idle-timeout).") var keepAliveTimeout: Int?
     @Option(name: .customLong("read-retries"), help: "Attempts after a read fails with EIO, a lost connection or a timeout (from the first byte not sent).") var readRetries: Int?
@@ -153,7 +153,11 @@ struct GatewayCommand: AsyncParsableCommand {
             http: http,
             exports: exportURIs,
             backends: backendURIs,
-            pool: PoolSettings(maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client, idleTimeout: .seconds(settings.idleTimeout)),
+            pool: PoolSettings(
+                maximumConnections: settings.poolSize, requestsPerConnection: settings.requestsPerConnection, client: client,
+                idleTimeout: .seconds(settings.idleTimeout),
+                idleConnectionCap: IdleConnectionCap(keep: settings.bufferMemory / 4 / client.receiveBufferSize)
+            ),
             routes: GatewayRouteSettings(
                 readOnly: settings.readOnly,
                 openAPIDocument: try OpenAPIDocument.load(),

@@ -217,6 +217,23 @@ struct PoolStateMachineTests {
         #expect(machine.nextIdleDeadline == nil)
     }
 
+    @Test("unused connections report their last use; closeUnused closes exactly those used before the cutoff, never one in use")
+    func closeUnusedBeforeCutoff() {
+        var machine = Self.machine(open: ["A", "B", "C"])
+        #expect(machine.leaseRequested(10, load: 1, now: Self.at(.seconds(5))).summary == ["lease 10 A"])
+        #expect(machine.leaseRequested(11, load: 1, now: Self.at(.seconds(6))).summary == ["lease 11 A"])
+        #expect(machine.leaseRequested(12, load: 1, now: Self.at(.seconds(7))).summary == ["lease 12 B"])
+        #expect(machine.leaseReleased(12, retire: false, now: Self.at(.seconds(8))).isEmpty)
+        // A is in use; B was last used at 8 s, C at t0.
+        #expect(machine.unusedSince == [Self.at(.seconds(8)), Self.t0])
+        #expect(machine.closeUnused(usedBefore: Self.t0).isEmpty)
+        #expect(machine.closeUnused(usedBefore: Self.at(.seconds(8))).summary == ["close C idle"])
+        #expect(machine.closeUnused(usedBefore: Self.at(.seconds(100))).summary == ["close B idle"])
+        #expect(machine.unusedSince.isEmpty)
+        #expect(machine.connectionCount == 1)
+        #expect(machine.leaseRequested(13, load: 1, now: Self.at(.seconds(101))).summary == ["open 13"])
+    }
+
     // MARK: - Shutdown and cancellation
 
     @Test("shutdown fails parked leases, closes every connection, and closes one that comes up later")

@@ -130,6 +130,18 @@ public final class ExportCatalog: Sendable {
         for pool in pools.withLock({ Array($0.values) }) { await pool.closeIdle() }
     }
 
+    /// Closes the longest-unused connections beyond `cap`, across every pool; returns how many.
+    public func closeIdle(beyond cap: IdleConnectionCap) async -> Int {
+        let pools = pools.withLock { Array($0.values) }
+        let unused = pools.map { (pool: $0, since: $0.unusedSince) }
+        guard let cutoff = cap.cutoff(unusedSince: unused.flatMap(\.since), now: .now) else { return 0 }
+        var closed = 0
+        for (pool, since) in unused where since.contains(where: { $0 < cutoff }) {
+            closed += await pool.closeUnused(usedBefore: cutoff)
+        }
+        return closed
+    }
+
     /// Disconnects every pool.
     public func close() async {
         for pool in pools.withLock({ Array($0.values) }) { await pool.close() }

@@ -141,6 +141,18 @@ public final class ExportPool: Sendable {
         await perform(feed { $0.idleTick(now: now) })
     }
 
+    /// When each unused connection was last used (for the process-wide `IdleConnectionCap`).
+    var unusedSince: [ContinuousClock.Instant] {
+        state.withLock { $0.machine.unusedSince }
+    }
+
+    /// Closes the unused connections last used before `cutoff`; returns how many.
+    func closeUnused(usedBefore cutoff: ContinuousClock.Instant) async -> Int {
+        let effects = feed { $0.closeUnused(usedBefore: cutoff) }
+        await perform(effects)
+        return effects.closes.reduce(0) { $0 + $1.0.count }
+    }
+
     /// Disconnects every connection (they finish their in-flight requests first); leases
     /// waiting for a connection, and every later one, fail.
     public func close() async {

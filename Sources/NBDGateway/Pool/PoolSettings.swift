@@ -13,16 +13,20 @@ public struct PoolSettings: Sendable {
     public var client: NBDClientConfiguration
     /// Connections unused this long are closed.
     public var idleTimeout: Duration
+    /// How many unused connections all pools together keep before the idle timeout (nil: all).
+    public var idleConnectionCap: IdleConnectionCap?
 
     /// Settings with the gateway's defaults; counts below one are raised to one.
     public init(
         maximumConnections: Int = 4, requestsPerConnection: Int = 32,
-        client: NBDClientConfiguration = NBDClientConfiguration(), idleTimeout: Duration = .seconds(300)
+        client: NBDClientConfiguration = NBDClientConfiguration(), idleTimeout: Duration = .seconds(300),
+        idleConnectionCap: IdleConnectionCap? = nil
     ) {
         self.maximumConnections = max(1, maximumConnections)
         self.requestsPerConnection = max(1, requestsPerConnection)
         self.client = client
         self.idleTimeout = idleTimeout
+        self.idleConnectionCap = idleConnectionCap
     }
 }
 

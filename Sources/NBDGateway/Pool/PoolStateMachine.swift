@@ -35,7 +35,7 @@ struct PoolStateMachine<Connection: Sendable>: Sendable {
     enum CloseReason: Sendable, Equatable {
         /// The server said ESHUTDOWN: retired connections are closed once unused.
         case retired
-        /// Unused for `idleTimeout`.
+        /// Unused for `idleTimeout`, or among the longest unused when the process keeps too many.
         case idle
         /// The connection broke; it is closed to release what it holds.
         case lost
@@ -182,6 +182,18 @@ struct PoolStateMachine<Connection: Sendable>: Sendable {
         connections.markLost(id)
         let lost = connections.removeUnused { $0.lost }
         return lost.isEmpty ? [] : [.close(lost, .lost)]
+    }
+
+    /// When each unused connection was last used: what the catalog weighs across exports to
+    /// cap how many idle connections the process keeps (each keeps a receive buffer).
+    var unusedSince: [Instant] {
+        connections.entries.filter { $0.load == 0 && !$0.lost }.map(\.lastUsed)
+    }
+
+    /// Unused connections last used before `cutoff` are closed (the process keeps too many idle).
+    mutating func closeUnused(usedBefore cutoff: Instant) -> [Action] {
+        let idle = connections.removeUnused { !$0.lost && $0.lastUsed < cutoff }
+        return idle.isEmpty ? [] : [.close(idle, .idle)]
     }
 
     /// Periodic: connections unused for `idleTimeout` or longer are closed.

@@ -75,9 +75,13 @@ public final class GatewayService: Service {
                 }
             }
             group.addTask {
+                var freed = FreedMemory()
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(1))
                     routes.reportRepeatedFailures()
+                    let closed = if let cap = poolSettings.idleConnectionCap { await catalog.closeIdle(beyond: cap) } else { 0 }
+                    let borrowed = poolSettings.client.receiveBufferBudget?.inUse ?? 0
+                    if freed.worthTrimming(borrowedNow: borrowed, connectionsClosed: closed) { FreedMemory.trim() }
                 }
             }
             // Until graceful shutdown (or cancellation): then drain and stop. Requests that
