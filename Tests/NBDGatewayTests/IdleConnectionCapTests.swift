@@ -38,19 +38,21 @@ struct IdleConnectionCapTests {
         #expect(cap.cutoff(unusedSince: [Self.at(1)], now: Self.at(5)) == Self.at(3))
     }
 
-    @Test("a trim is worth it after connections close, or when borrowed buffers all come back; not while busy or quiet")
+    @Test("a trim waits for quiet (nothing borrowed) after memory was let go, and comes once")
     func trimDecisions() {
         var freed = FreedMemory()
         let steps: [(borrowed: Int, closed: Int)] = [
-            (0, 0),  // Quiet from the start.
+            (0, 0),  // Quiet from the start: nothing was let go.
             (1 << 20, 0),  // Busy.
-            (1 << 19, 0),  // Still busy.
-            (0, 0),  // Everything given back.
+            (1 << 19, 0),  // Half given back, but still busy.
+            (1 << 20, 2),  // Connections closed while busy: not yet.
+            (0, 0),  // Everything given back: now.
             (0, 0),  // Quiet again: once is enough.
-            (0, 3),  // Connections closed.
-            (1 << 20, 1),  // Busy, but connections closed.
+            (0, 3),  // Connections closed while quiet.
+            (1 << 20, 1),  // Busy again.
+            (0, 0),
         ]
         let decisions = steps.map { freed.worthTrimming(borrowedNow: $0.borrowed, connectionsClosed: $0.closed) }
-        #expect(decisions == [false, false, false, true, false, true, true])
+        #expect(decisions == [false, false, false, false, true, false, true, false, true])
     }
 }

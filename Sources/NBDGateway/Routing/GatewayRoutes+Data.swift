@@ -93,7 +93,7 @@ extension GatewayRoutes {
     private func stream(_ pool: Catalog.Export, _ parts: [(ClosedRange<UInt64>, ByteBuffer?)], trailer: ByteBuffer? = nil) -> ResponseBodyStream {
         let chunkSize = settings.readChunkSize
         let retry = NBDReadRetry(attempts: settings.readRetries)
-        return ResponseBodyStream(highWater: 4 * chunkSize) { body in
+        return ResponseBodyStream(highWater: 2 * chunkSize) { body in
             for (range, header) in parts {
                 if let header { try await body.write(header) }
                 var position = range.lowerBound

@@ -75,10 +75,16 @@ public final class GatewayService: Service {
                 }
             }
             group.addTask {
-                var freed = FreedMemory()
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(1))
                     routes.reportRepeatedFailures()
+                }
+            }
+            group.addTask {
+                // Often enough that many exports read in turn do not pile up unused connections.
+                var freed = FreedMemory()
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
                     let closed = if let cap = poolSettings.idleConnectionCap { await catalog.closeIdle(beyond: cap) } else { 0 }
                     let borrowed = poolSettings.client.receiveBufferBudget?.inUse ?? 0
                     if freed.worthTrimming(borrowedNow: borrowed, connectionsClosed: closed) { FreedMemory.trim() }
