@@ -93,8 +93,9 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: - Receive buffers
 
-    /// Borrows a buffer for each buffer's worth of data the requests in flight ask for (a
-    /// reply's bytes stay in them until its reader has passed them on), up to `wanted`; gives
+    /// Borrows a buffer for each buffer's worth of data the requests in flight ask for beyond
+    /// the first (a reply's bytes stay in them until its reader has passed them on; the
+    /// connection's own buffer is the first), up to `wanted`; gives
     /// them back a tenth of a second after the last reply. Borrowing the whole pool at once
     /// let 20 streams, each with 1 MiB asked for, hold the whole 64 MiB budget; one stream
     /// reads no faster with more than it can fill.
@@ -111,7 +112,8 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             share.release?.cancel()
             share.release = nil
-            let needed = min(share.wanted, replyBytesInFlight / share.bufferSize)
+            // The connection's own buffer holds the first buffer's worth.
+            let needed = min(share.wanted, max(0, replyBytesInFlight / share.bufferSize - 1))
             guard needed > share.borrowed else { bufferShare = share; return }
             let granted = share.budget.borrow(upTo: needed - share.borrowed, of: share.bufferSize)
             if granted > 0 {

@@ -36,7 +36,7 @@ struct ReceiveBufferBudgetTests {
 /// the replies, so what is in flight is known without timing).
 @Suite("NBDReceiveBufferBudget on a connection")
 struct ReceiveBufferBorrowingTests {
-    @Test("small reads borrow nothing; each 256 KiB asked for borrows a buffer, up to the pool; all comes back after the replies")
+    @Test("small reads borrow nothing; each 256 KiB asked for beyond the first borrows a buffer, up to the pool; all comes back after the replies")
     func borrowsForTheDataAskedFor() async throws {
         let budget = NBDReceiveBufferBudget(bytes: 64 << 20)
         var configuration = NBDClientConfiguration()
@@ -45,12 +45,13 @@ struct ReceiveBufferBorrowingTests {
         let buffer = configuration.receiveBufferSize
         try await withServer({ try await Servers.nbdkit(["--filter=delay", "pattern", "size=16M", "delay-read=1"]) }) { server in
             let client = try await NBDClient.connect(to: server.uri, configuration: configuration)
-            // 16 reads of 4 KiB and one of 256 KiB: 320 KiB asked for, one buffer's worth.
+            // 16 reads of 4 KiB and two of 256 KiB: 576 KiB asked for, two buffers' worth, of
+            // which the connection's own holds one.
             var reads = (0..<16).map { index in Task { try await client.read(at: UInt64(index) << 12, length: 4096) } }
-            reads.append(Task { try await client.read(at: 1 << 20, length: buffer) })
+            reads += (0..<2).map { index in Task { try await client.read(at: UInt64(1 + index) << 20, length: buffer) } }
             try await waitUntil("one buffer borrowed (\(budget.inUse) bytes)") { budget.inUse == buffer }
-            // Five more: six buffers' worth, but the pool of four lends three at most.
-            reads += (0..<5).map { index in Task { try await client.read(at: UInt64(2 + index) << 20, length: buffer) } }
+            // Five more: seven buffers' worth, but the pool of four lends three at most.
+            reads += (0..<5).map { index in Task { try await client.read(at: UInt64(3 + index) << 20, length: buffer) } }
             try await waitUntil("three buffers borrowed (\(budget.inUse) bytes)") { budget.inUse == 3 * buffer }
             for read in reads { _ = try await read.value }
             #expect(Array(buffer: try await reads[16].value) == patternBytes(offset: 1 << 20, length: buffer))
