@@ -95,10 +95,10 @@ final class NBDChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Borrows a buffer for each buffer's worth of data the requests in flight ask for beyond
     /// the first (a reply's bytes stay in them until its reader has passed them on; the
-    /// connection's own buffer is the first), up to `wanted`; gives
-    /// them back a tenth of a second after the last reply. Borrowing the whole pool at once
-    /// let 20 streams, each with 1 MiB asked for, hold the whole 64 MiB budget; one stream
-    /// reads no faster with more than it can fill.
+    /// connection's own buffer is the first), up to `wanted`; gives them back a tenth of a
+    /// second after the last reply. Borrowing the whole pool at once let 20 streams, each with
+    /// 1 MiB asked for, hold the whole 64 MiB budget; one stream reads no faster with more
+    /// than it can fill.
     private func requestsInFlightChanged(context: ChannelHandlerContext) {
         guard var share = bufferShare else { return }
         if waiters.isEmpty {

@@ -3,9 +3,9 @@ import Synchronization
 /// Receive buffers shared by every connection that names this budget (a process-wide cap on
 /// what busy connections keep). A connection always has one buffer to read into; while
 /// requests are in flight it borrows one more for each buffer's worth of data they ask for
-/// beyond the first, up to `receiveBufferPoolSize - 1`, and a tenth of a second after its last reply it gives them
-/// back and its pool drops them. Without a budget every connection keeps its whole pool for as
-/// long as it lives.
+/// beyond the first, up to `receiveBufferPoolSize - 1`, and a tenth of a second after its last
+/// reply it gives them back and its pool drops them. Without a budget every connection keeps
+/// its whole pool for as long as it lives.
 public final class NBDReceiveBufferBudget: Sendable {
     /// The budget, in bytes.
     public let bytes: Int

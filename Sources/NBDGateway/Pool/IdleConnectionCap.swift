@@ -1,8 +1,8 @@
 /// How many unused NBD connections the whole process keeps open, across every export. Each
 /// keeps one receive buffer for its next read (NIO holds it), so 200 exports read once would
 /// otherwise hold 200 buffers until their idle timeout. The most recently used stay open; the
-/// others close once unused for `grace` (a quarter second), and their pools open a fresh one when next asked (a
-/// handshake away).
+/// others close once unused for `grace` (a quarter second), and their pools open a fresh one
+/// when next asked (a handshake away).
 public struct IdleConnectionCap: Sendable, Equatable {
     /// Unused connections kept open at the least.
     public var keep: Int
