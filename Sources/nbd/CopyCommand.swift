@@ -27,7 +27,7 @@ struct CopyCommand: AsyncParsableCommand {
     @Argument(help: "NBD URI, gateway data URL, file (created or truncated), or - for standard output.") var destination: String
     @OptionGroup var client: ClientOptions
     @OptionGroup var gateway: GatewayOptions
-    @Option(help: "NBD connections (or HTTP connections) per end (writes use several only with CAN_MULTI_CONN).") var connections = 4
+    @Option(help: "NBD connections (or HTTP connections) per end; writes use several only with CAN_MULTI_CONN. Default: 4 to a gateway, and to an NBD server half the cores, 1 to 4.") var connections: Int?
     // 32 requests of 1 MiB kept up with nbdcopy from a Unix socket here; 16 of 4 MiB did not.
     @Option(name: .customLong("requests"), help: "Requests in flight at once.") var requestsInFlight = 32
     @Option(name: .customLong("chunk-size"), help: "Bytes per read and write.") var chunkSize = 1 << 20
@@ -58,7 +58,7 @@ struct CopyCommand: AsyncParsableCommand {
     var keepsDestination: Bool { resume || dirtyBitmap != nil }
 
     func validate() throws {
-        guard connections >= 1, requestsInFlight >= 1, chunkSize >= 4096, chunkSize <= 32 << 20 else {
+        guard connections ?? 1 >= 1, requestsInFlight >= 1, chunkSize >= 4096, chunkSize <= 32 << 20 else {
             throw ValidationError("--connections and --requests must be at least 1; --chunk-size from 4096 to 32 MiB")
         }
         if source == "-" && (verify || resume || dirtyBitmap != nil) {
