@@ -64,6 +64,7 @@ let package = Package(
         .executableTarget(
             name: "nbd",
             dependencies: [
+                "CMalloc",
                 "NBDClient",
                 "NBDProtocol",
                 "NBDChecksum",
@@ -90,7 +91,8 @@ let package = Package(
         ),
         // libmicrohttpd, through a shim for its variadic calls; only the gateway's adapter imports it.
         .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
-        // glibc's malloc_trim, for the gateway to give freed buffers back when it goes quiet.
+        // glibc's malloc_trim and mallopt: the gateway gives freed buffers back when it goes quiet,
+        // nbd copy keeps them for reuse.
         .systemLibrary(name: "CMalloc"),
         // The REST gateway: routes (no sockets), connection pools, streaming, the libmicrohttpd adapter.
         .target(

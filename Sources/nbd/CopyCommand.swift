@@ -70,6 +70,7 @@ struct CopyCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        ReusedMemory.keepFreedBuffers()
         try await reportingErrors {
             let bitmapContext = dirtyBitmap.map { "qemu:dirty-bitmap:\($0)" }
             let contexts = [NBDMetaContext.baseAllocation] + (bitmapContext.map { [$0] } ?? [])
