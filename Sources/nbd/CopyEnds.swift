@@ -82,7 +82,7 @@ enum CopyEnds {
         contexts: [String] = [NBDMetaContext.baseAllocation], client: ClientOptions, gateway: GatewayOptions
     ) async throws -> any CopyEnd {
         if location == "-" {
-            guard writing else { throw NBDError(.invalidArgument, "- as the source is read as a stream") }
+            guard writing else { throw NBDError(.invalidArgument, "- (standard input) cannot be read at any offset; give an NBD URI, a gateway URL or a file") }
             return StreamCopyEnd(output: try await OutputFile.open(nil))
         }
         if GatewayClient.isURL(location) {

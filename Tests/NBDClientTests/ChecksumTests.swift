@@ -100,6 +100,10 @@ struct ChecksumTests {
             #expect(unknown.status != 0)
             let badBlock = try await Tools.run(tool, ["checksum", "--block-size", "1000", full.path], check: false)
             #expect(badBlock.status != 0)
+            // Standard input cannot be read at any offset: refused with what to give instead.
+            let stdin = try await Tools.run(tool, ["checksum", "-"], check: false)
+            #expect(stdin.status == 1)
+            #expect(String(decoding: stdin.stderr, as: UTF8.self).contains("- (standard input) cannot be read at any offset; give an NBD URI, a gateway URL or a file"))
         }
     }
 }
