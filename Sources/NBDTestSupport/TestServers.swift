@@ -297,6 +297,17 @@ public func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
 
 /// Polls `condition` every 50 ms for up to `seconds`: waiting on what a process does, not a
 /// fixed sleep.
+/// Sends one command to nbdkit's pause filter (`pause-control=SOCKET`) and waits for its echo:
+/// "p" answers "P" once the requests received before it are done (later ones are held until
+/// resumed), "r" answers "R" and lets them go. An echo that takes over 60 s fails.
+public func nbdkitPauseControl(_ socket: URL, _ command: String) async throws {
+    let script = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(60); s.connect(sys.argv[1]); s.send(sys.argv[2].encode()); print(s.recv(1).decode())"
+    let answer = String(decoding: try await Tools.run("/usr/bin/python3", ["-c", script, socket.path, command]).stdout, as: UTF8.self)
+    guard answer.trimmingCharacters(in: .whitespacesAndNewlines) == command.uppercased() else {
+        throw TestFailure("nbdkit's pause filter answered \"\(answer)\" to \"\(command)\"")
+    }
+}
+
 public func waitUntil(_ what: @autoclosure () -> String, seconds: Int = 10, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while ContinuousClock.now < deadline {

@@ -1,5 +1,7 @@
+import Foundation
 import NBDClient
 import NBDTestSupport
+import NIOCore
 import Testing
 
 /// The shared receive-buffer budget lends whole buffers, never more than it has, and takes them back.
@@ -32,8 +34,8 @@ struct ReceiveBufferBudgetTests {
 }
 
 /// A connection borrows for the data its requests in flight ask for, no more than its pool
-/// allows, and gives everything back soon after its last reply (nbdkit's delay filter holds
-/// the replies, so what is in flight is known without timing).
+/// allows, and gives everything back soon after its last reply. nbdkit's pause filter holds
+/// every reply until the test lets them go, so what is in flight is known without timing.
 @Suite("NBDReceiveBufferBudget on a connection")
 struct ReceiveBufferBorrowingTests {
     @Test("small reads borrow nothing; each 256 KiB asked for beyond the first borrows a buffer, up to the pool; all comes back after the replies")
@@ -43,16 +45,27 @@ struct ReceiveBufferBorrowingTests {
         configuration.receiveBufferPoolSize = 4
         configuration.receiveBufferBudget = budget
         let buffer = configuration.receiveBufferSize
-        try await withServer({ try await Servers.nbdkit(["--filter=delay", "pattern", "size=16M", "delay-read=1"]) }) { server in
+        let directory = try Tools.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let control = directory.appendingPathComponent("pause.sock")
+        try await withServer({ try await Servers.nbdkit(["--filter=pause", "pattern", "size=16M", "pause-control=\(control.path)"]) }) { server in
             let client = try await NBDClient.connect(to: server.uri, configuration: configuration)
-            // 16 reads of 4 KiB and two of 256 KiB: 576 KiB asked for, two buffers' worth, of
-            // which the connection's own holds one.
-            var reads = (0..<16).map { index in Task { try await client.read(at: UInt64(index) << 12, length: 4096) } }
-            reads += (0..<2).map { index in Task { try await client.read(at: UInt64(1 + index) << 20, length: buffer) } }
-            try await waitUntil("one buffer borrowed (\(budget.inUse) bytes)") { budget.inUse == buffer }
-            // Five more: seven buffers' worth, but the pool of four lends three at most.
-            reads += (0..<5).map { index in Task { try await client.read(at: UInt64(3 + index) << 20, length: buffer) } }
-            try await waitUntil("three buffers borrowed (\(budget.inUse) bytes)") { budget.inUse == 3 * buffer }
+            try await nbdkitPauseControl(control, "p")
+            var reads: [Task<ByteBuffer, any Error>] = []
+            do {
+                // 16 reads of 4 KiB and two of 256 KiB: 576 KiB asked for, two buffers' worth, of
+                // which the connection's own holds one.
+                reads = (0..<16).map { index in Task { try await client.read(at: UInt64(index) << 12, length: 4096) } }
+                reads += (0..<2).map { index in Task { try await client.read(at: UInt64(1 + index) << 20, length: buffer) } }
+                try await waitUntil("one buffer borrowed (\(budget.inUse) bytes)") { budget.inUse == buffer }
+                // Five more: seven buffers' worth, but the pool of four lends three at most.
+                reads += (0..<5).map { index in Task { try await client.read(at: UInt64(3 + index) << 20, length: buffer) } }
+                try await waitUntil("three buffers borrowed (\(budget.inUse) bytes)") { budget.inUse == 3 * buffer }
+            } catch {
+                try? await nbdkitPauseControl(control, "r")
+                throw error
+            }
+            try await nbdkitPauseControl(control, "r")
             for read in reads { _ = try await read.value }
             #expect(Array(buffer: try await reads[16].value) == patternBytes(offset: 1 << 20, length: buffer))
             try await waitUntil("everything given back (\(budget.inUse) bytes)") { budget.inUse == 0 }
