@@ -299,11 +299,34 @@ public func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
 /// fixed sleep.
 /// Sends one command to nbdkit's pause filter (`pause-control=SOCKET`) and waits for its echo:
 /// "p" answers "P" once the requests received before it are done (later ones are held until
-/// resumed), "r" answers "R" and lets them go. An echo that takes over 60 s fails.
+/// resumed), "r" answers "R" and lets them go. An echo that takes over 60 s fails. It talks to
+/// the socket on an event loop: no child process and no thread pool, which other tests' waits
+/// for their children can keep busy for longer than a test may hold a pause.
 public func nbdkitPauseControl(_ socket: URL, _ command: String) async throws {
-    let script = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(60); s.connect(sys.argv[1]); s.send(sys.argv[2].encode()); print(s.recv(1).decode())"
-    let answer = String(decoding: try await Tools.run("/usr/bin/python3", ["-c", script, socket.path, command]).stdout, as: UTF8.self)
-    guard answer.trimmingCharacters(in: .whitespacesAndNewlines) == command.uppercased() else {
+    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .connect(unixDomainSocketPath: socket.path) { channel in
+            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+        }
+    let answer = try await withThrowingTaskGroup(of: String?.self) { group in
+        group.addTask {
+            try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(ByteBuffer(string: command))
+                for try await reply in inbound where reply.readableBytes > 0 {
+                    return String(buffer: reply.getSlice(at: reply.readerIndex, length: 1) ?? ByteBuffer())
+                }
+                return ""
+            }
+        }
+        group.addTask {
+            try await Task.sleep(for: .seconds(60))
+            return nil
+        }
+        let first = try await group.next() ?? nil
+        group.cancelAll()
+        return first
+    }
+    guard let answer else { throw TestFailure("nbdkit's pause filter did not answer \"\(command)\" within 60 s") }
+    guard answer == command.uppercased() else {
         throw TestFailure("nbdkit's pause filter answered \"\(answer)\" to \"\(command)\"")
     }
 }
