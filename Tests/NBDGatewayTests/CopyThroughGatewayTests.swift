@@ -142,6 +142,14 @@ struct CopyThroughGatewayTests {
         }
     }
 
+    /// Sends one command to nbdkit's pause filter and waits for its echo ('P' once requests
+    /// received before it are done, 'R').
+    func pauseControl(_ socket: URL, _ command: String) async throws {
+        let script = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(sys.argv[2].encode()); print(s.recv(1).decode())"
+        let answer = try await runProcess("/usr/bin/python3", ["-c", script, socket.path, command]).stdoutText
+        #expect(answer.trimmingCharacters(in: .whitespacesAndNewlines) == command.uppercased())
+    }
+
     @Test("a gateway source written to during the copy: the copy fails (412 on the next read) instead of mixing two states")
     func sourceChangedDuringCopy() async throws {
         let directory = try Tools.temporaryDirectory()
@@ -162,14 +170,14 @@ struct CopyThroughGatewayTests {
             let failure: String
             do {
                 _ = try await process.waitForLine(containing: "{\"copied\":1048576,", timeout: .seconds(60))
-                try await nbdkitPauseControl(control, "p")
+                try await pauseControl(control, "p")
                 async let written = gateway.send(HTTPRequest("PUT", "/exports/disk/data?offset=31457280", body: [UInt8](repeating: 1, count: 4096)))
                 try await waitUntil("the write admitted") { try await gateway.get("/exports/disk").header("ETag") != before }
-                try await nbdkitPauseControl(control, "r")
+                try await pauseControl(control, "r")
                 #expect(try await written.status == 200)
                 failure = try await process.waitForLine(containing: "nbd: ", timeout: .seconds(60))
             } catch {
-                try? await nbdkitPauseControl(control, "r")
+                try? await pauseControl(control, "r")
                 await process.stop()
                 throw error
             }
