@@ -61,11 +61,13 @@ public final class ExportPool: Sendable {
     private let state: Mutex<State>
     /// The content generation behind the export's ETags.
     public let version = ContentVersion()
+    public let tagIdentity: String
 
     /// A pool for the export `uri` names; nothing is opened until a request needs it.
     /// `clock`: where event times come from (tests pass one they move by hand).
     public init(name: String, uri: NBDURI, settings: PoolSettings, logger: Logger, clock: any PoolClock = ContinuousClock()) {
         self.name = name
+        self.tagIdentity = EntityTags.identity(name)
         self.uri = uri
         self.settings = settings
         self.logger = logger

@@ -74,7 +74,12 @@ public struct EntityTags: Sendable {
 
     /// The tag of `export` at `generation`.
     public func tag(export: String, generation: UInt64) -> String {
-        "\"\(instance)-\(Self.identity(export))-\(generation)\""
+        tag(identity: Self.identity(export), generation: generation)
+    }
+
+    /// The tag of the export whose `identity(_:)` is `identity`, at `generation`.
+    public func tag(identity: String, generation: UInt64) -> String {
+        "\"\(instance)-\(identity)-\(generation)\""
     }
 
     /// Whether an `If-Match` / `If-None-Match` list names `current` (RFC 9110 §13.1.1-2;
@@ -89,7 +94,7 @@ public struct EntityTags: Sendable {
     }
 
     /// 8 hex digits of the export name's SHA-256.
-    static func identity(_ export: String) -> String {
+    public static func identity(_ export: String) -> String {
         SHA256.hash(data: Array(export.utf8)).prefix(4).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
     }
 }

@@ -45,9 +45,13 @@ public protocol ExportHandle: Sendable {
     func countWritten(_ bytes: Int)
     /// The content generation behind the export's ETags.
     var version: ContentVersion { get }
+    /// The export's part of its ETags (`EntityTags.identity(name)`, kept: a hash per request shows in profiles).
+    var tagIdentity: String { get }
 }
 
 extension ExportHandle {
+    public var tagIdentity: String { EntityTags.identity(name) }
+
     /// Runs `body` with a connection, counting as one request.
     public func withClient<T: Sendable>(_ body: (Device) async throws -> T) async throws -> T {
         try await withClient(load: 1, body)

@@ -204,7 +204,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
 
     /// The export's current ETag.
     func etag(_ pool: Catalog.Export, _ name: String) -> String {
-        tags.tag(export: name, generation: pool.version.current)
+        tags.tag(identity: pool.tagIdentity, generation: pool.version.current)
     }
 
     /// Admits a write, zero or trim: with `If-Match`, only if it names the current tag and no
@@ -216,7 +216,7 @@ public struct GatewayRoutes<Catalog: ExportDirectory>: GatewayHTTPHandler {
             return change
         }
         let current = pool.version.current
-        if let condition, EntityTags.list(condition, contains: tags.tag(export: name, generation: current)) {
+        if let condition, EntityTags.list(condition, contains: tags.tag(identity: pool.tagIdentity, generation: current)) {
             if let change = pool.version.beginChange(from: current) { return change }
             throw .preconditionFailed("If-Match \(condition): another change to the export is running", export: name)
         }
