@@ -225,6 +225,24 @@ struct HTTPReadTests {
         }
     }
 
+    @Test("six streams at once, twice: every body byte-exact whether its response sends 1 MiB blocks (the first four) or 256 KiB ones")
+    func concurrentStreams() async throws {
+        let size = 6 << 20
+        try await withNBDKitGateway(["pattern", "size=\(size)"]) { gateway, _ in
+            let expected = patternBytes(offset: 0, length: size)
+            for _ in 0..<2 {
+                try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
+                    for _ in 0..<6 { group.addTask { try await gateway.get("/exports/disk/data") } }
+                    for try await response in group {
+                        #expect(response.status == 200)
+                        #expect(response.complete)
+                        #expect(response.body == expected)
+                    }
+                }
+            }
+        }
+    }
+
     @Test("an empty disk: HEAD 0, GET 200 empty, any Range 416 bytes */0, extents empty, empty PUT 200")
     func emptyDisk() async throws {
         try await withNBDKitGateway(["memory", "size=0"]) { gateway, _ in

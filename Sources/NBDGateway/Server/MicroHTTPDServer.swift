@@ -404,12 +404,16 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
         } else {
             stream = body
             context.stream = body
-            // The response owns a buffer of this size (not from the connection pool): one read
-            // chunk per call and per send, and it stays in cache.
-            let blockSize = 256 << 10
+            // The response owns a buffer of this size (not from the connection pool): what
+            // each reader call copies and each send sends (see `ResponseBlocks`).
+            let blockSize = context.takeResponseBlock()
             mhdResponse = MHD_create_response_from_callback(
                 length, blockSize, readBody, Unmanaged.passRetained(context).toOpaque(), releaseContext
             )
+            if mhdResponse == nil {
+                context.giveResponseBlock()
+                Unmanaged.passUnretained(context).release()
+            }
         }
     }
     guard let mhdResponse else { return .NO }
@@ -462,7 +466,9 @@ private let releaseBody: MHD_ContentReaderFreeCallback = { cls in
 
 private let releaseContext: MHD_ContentReaderFreeCallback = { cls in
     guard let cls else { return }
-    Unmanaged<RequestContext>.fromOpaque(cls).release()
+    let context = Unmanaged<RequestContext>.fromOpaque(cls)
+    context.takeUnretainedValue().giveResponseBlock()
+    context.release()
 }
 
 private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, contextPointer, _ in

@@ -40,6 +40,8 @@ final class RequestContext: Sendable {
     private let statusCode = Atomic<Int>(0)
     private let bytesIn = Atomic<UInt64>(0)
     private let bytesOut = Atomic<UInt64>(0)
+    /// The block its streamed response took from `ServerCore.responseBlocks` (0: none).
+    private let responseBlock = Atomic<Int>(0)
 
     init(request: GatewayRequest, connection: Int, core: ServerCore, client: String = "", path: String? = nil) {
         self.path = path ?? request.rawPath
@@ -56,6 +58,19 @@ final class RequestContext: Sendable {
     }
 
     func received(_ count: Int) { bytesIn.add(UInt64(count), ordering: .relaxed) }
+
+    /// A block size for this request's streamed response, taken from the server's share.
+    func takeResponseBlock() -> Int {
+        let size = core.responseBlocks.take()
+        responseBlock.store(size, ordering: .relaxed)
+        return size
+    }
+
+    /// Its streamed response is gone (libmicrohttpd freed it, or never made it).
+    func giveResponseBlock() {
+        let size = responseBlock.exchange(0, ordering: .relaxed)
+        if size > 0 { core.responseBlocks.give(size) }
+    }
     func sent(_ count: Int) { bytesOut.add(UInt64(count), ordering: .relaxed) }
 
     /// The access-log line of the finished request.
@@ -144,6 +159,8 @@ final class ServerCore: Sendable {
     let needsPeer: Bool
     /// Connections suspended now; the daemon may stop only at zero.
     let suspendedConnections = ActivityCounter()
+    /// The block sizes of streamed responses.
+    let responseBlocks = ResponseBlocks()
     private let live = Mutex<[ObjectIdentifier: RequestContext]>([:])
     private let shuttingDown = Atomic<Bool>(false)
     private let requestCounter = Atomic<UInt64>(0)
