@@ -58,6 +58,7 @@ final class RequestContext: Sendable {
     }
 
     func received(_ count: Int) { bytesIn.add(UInt64(count), ordering: .relaxed) }
+    func sent(_ count: Int) { bytesOut.add(UInt64(count), ordering: .relaxed) }
 
     /// A block size for this request's streamed response, taken from the server's share.
     func takeResponseBlock() -> Int {
@@ -71,7 +72,6 @@ final class RequestContext: Sendable {
         let size = responseBlock.exchange(0, ordering: .relaxed)
         if size > 0 { core.responseBlocks.give(size) }
     }
-    func sent(_ count: Int) { bytesOut.add(UInt64(count), ordering: .relaxed) }
 
     /// The access-log line of the finished request.
     func accessLogEntry() -> AccessLogEntry {
