@@ -295,8 +295,6 @@ public func patternBytes(offset: UInt64, length: Int) -> [UInt8] {
     }
 }
 
-/// Polls `condition` every 50 ms for up to `seconds`: waiting on what a process does, not a
-/// fixed sleep.
 /// Sends one command to nbdkit's pause filter (`pause-control=SOCKET`) and waits for its echo:
 /// "p" answers "P" once the requests received before it are done (later ones are held until
 /// resumed), "r" answers "R" and lets them go. An echo that takes over 60 s fails. It talks to
@@ -331,6 +329,8 @@ public func nbdkitPauseControl(_ socket: URL, _ command: String) async throws {
     }
 }
 
+/// Polls `condition` every 50 ms for up to `seconds`: waiting on what a process does, not a
+/// fixed sleep.
 public func waitUntil(_ what: @autoclosure () -> String, seconds: Int = 10, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while ContinuousClock.now < deadline {
