@@ -31,6 +31,8 @@ struct GatewayRoutesTests {
             return []
         case .bytes(let buffer):
             return Array(buffer.readableBytesView)
+        case .slices(let buffers):
+            return buffers.flatMap { Array($0.readableBytesView) }
         case .stream(_, let stream):
             let (wakes, wake) = AsyncStream.makeStream(of: Void.self)
             let producer = Task { await stream.run(wake: { wake.yield() }) }
@@ -105,7 +107,15 @@ struct GatewayRoutesTests {
         #expect(await body(ranged) == Array(written[0..<10]))
         let large = await routes.respond(to: request("GET", "/exports/disk/data", headers: [("Range", "bytes=1000-200999")]))
         #expect(await body(large) == written)
+        // A range up to the inline limit is sent as the slices it was read in (the memory disk
+        // cuts reads at 64 KiB); the whole disk streams.
+        if case .slices(let pieces) = large.body {
+            #expect(pieces.map(\.readableBytes) == [65536, 65536, 65536, 3392])
+        } else {
+            Issue.record("a 200,000-byte range was not answered from its slices: \(large.body)")
+        }
         let whole = await routes.respond(to: request("GET", "/exports/disk/data"))
+        if case .stream = whole.body {} else { Issue.record("the whole disk was not streamed: \(whole.body)") }
         let wholeBody = await body(whole)
         #expect(whole.status == 200 && wholeBody.count == 1 << 20)
         let multipart = await routes.respond(to: request("GET", "/exports/disk/data", headers: [("Range", "bytes=0-1,1000-1001")]))

@@ -57,6 +57,20 @@ struct HTTPReadTests {
         }
     }
 
+    @Test("ranges at the inline limit (sent from the received slices) and just past it (streamed): byte-exact, unaligned")
+    func inlineLimit() async throws {
+        try await withNBDKitGateway(["pattern", "size=4M"]) { gateway, _ in
+            // 1 MiB is the limit; the reads cross several 256 KiB receive buffers.
+            for (first, last) in [(1, 1 << 20), (1, (1 << 20) + 1), (3 << 20, (4 << 20) - 1), (12_345, 12_345 + 300_000)] {
+                let response = try await gateway.get("/exports/disk/data", headers: [("Range", "bytes=\(first)-\(last)")])
+                #expect(response.status == 206 && response.complete)
+                #expect(response.header("Content-Range") == "bytes \(first)-\(last)/\(4 << 20)")
+                #expect(response.body == patternBytes(offset: UInt64(first), length: last - first + 1), "bytes=\(first)-\(last)")
+            }
+            try await gateway.expectServing("disk")
+        }
+    }
+
     @Test("several ranges: 206 multipart/byteranges, sorted and coalesced, each part with its bytes")
     func multipart() async throws {
         try await withNBDKitGateway(Self.pattern) { gateway, _ in

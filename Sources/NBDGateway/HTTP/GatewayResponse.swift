@@ -6,6 +6,9 @@ public struct GatewayResponse: Sendable {
         case empty
         /// A small body held in memory.
         case bytes(ByteBuffer)
+        /// A body held in memory as the pieces it arrived in (an NBD read's receive-buffer
+        /// slices), sent as they are: never joined into one buffer.
+        case slices([ByteBuffer])
         /// A large body produced while it is sent, `length` bytes long.
         case stream(length: UInt64, ResponseBodyStream)
     }

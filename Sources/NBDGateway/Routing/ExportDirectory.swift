@@ -7,6 +7,8 @@ public protocol NBDBlockDevice: Sendable {
     /// What the connection negotiated.
     var info: NBDExportInfo { get }
     func read(at offset: UInt64, length: Int) async throws -> ByteBuffer
+    /// Reads a range as the slices it arrived in, in order (no copy into one buffer).
+    func readSlices(at offset: UInt64, length: Int) async throws -> [ByteBuffer]
     /// Reads a range in order, `chunkSize` at a time with `window` reads in flight.
     func readStream(at offset: UInt64, length: UInt64, chunkSize: Int, window: Int, consume: (ByteBuffer) async throws -> Void) async throws
     func write(at offset: UInt64, _ buffer: ByteBuffer, fua: Bool) async throws

@@ -391,12 +391,20 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
     case .bytes(let buffer):
         // Sent from the buffer itself, not a copy: the box keeps its storage alive, unchanged,
         // until libmicrohttpd destroys the response and calls `releaseBody`.
-        let box = Unmanaged.passRetained(HeldBody(buffer))
+        let box = Unmanaged.passRetained(HeldBody([buffer]))
         mhdResponse = buffer.withUnsafeReadableBytes { bytes in
             MHD_create_response_from_buffer_with_free_callback_cls(
                 bytes.count, UnsafeMutableRawPointer(mutating: bytes.baseAddress), releaseBody, box.toOpaque()
             )
         }
+        if mhdResponse == nil { box.release() }
+    case .slices(let buffers):
+        // Sent with writev from the slices themselves, held the same way until `releaseBody`.
+        let box = Unmanaged.passRetained(HeldBody(buffers))
+        let vectors = buffers.map { buffer in
+            buffer.withUnsafeReadableBytes { MHD_IoVec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        }
+        mhdResponse = MHD_create_response_from_iovec(vectors, UInt32(vectors.count), releaseBody, box.toOpaque())
         if mhdResponse == nil { box.release() }
     case .stream(let length, let body):
         if isHead {
@@ -418,7 +426,13 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
     }
     guard let mhdResponse else { return .NO }
     context.status = response.status
-    if case .bytes(let buffer) = response.body, !isHead { context.sent(buffer.readableBytes) }
+    if !isHead {
+        switch response.body {
+        case .bytes(let buffer): context.sent(buffer.readableBytes)
+        case .slices(let buffers): context.sent(buffers.reduce(0) { $0 + $1.readableBytes })
+        case .empty, .stream: break
+        }
+    }
     MHD_add_response_header(mhdResponse, "X-Request-Id", context.request.requestID)
     for (name, value) in response.headers {
         MHD_add_response_header(mhdResponse, name, value)
@@ -455,8 +469,8 @@ private let noBody: MHD_ContentReaderCallback = { _, _, _, _ in shim_MHD_CONTENT
 /// A response body libmicrohttpd sends from our memory (a ByteBuffer's storage never moves
 /// or changes while a reference to it is held).
 private final class HeldBody {
-    let buffer: ByteBuffer
-    init(_ buffer: ByteBuffer) { self.buffer = buffer }
+    let buffers: [ByteBuffer]
+    init(_ buffers: [ByteBuffer]) { self.buffers = buffers }
 }
 
 private let releaseBody: MHD_ContentReaderFreeCallback = { cls in

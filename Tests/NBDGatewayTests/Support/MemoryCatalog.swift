@@ -52,6 +52,12 @@ final class MemoryDisk: NBDBlockDevice {
         return ByteBuffer(bytes: bytes(Int(offset)..<(Int(offset) + length)))
     }
 
+    /// The range in slices of at most 64 KiB, as an NBD read arrives across receive buffers.
+    func readSlices(at offset: UInt64, length: Int) async throws -> [ByteBuffer] {
+        let whole = try await read(at: offset, length: length)
+        return stride(from: 0, to: length, by: 64 << 10).compactMap { whole.getSlice(at: $0, length: min(64 << 10, length - $0)) }
+    }
+
     func readStream(at offset: UInt64, length: UInt64, chunkSize: Int, window: Int, consume: (ByteBuffer) async throws -> Void) async throws {
         var position = offset
         while position < offset + length {
