@@ -99,6 +99,9 @@ public struct NBDConnectionStateMachine: Sendable {
     /// Bytes received and not yet consumed (nil when there are none, so that no receive
     /// buffer is kept alive: the channel reuses those it no longer sees referenced).
     private var incoming: ByteBuffer?
+    /// Received after `incoming`: the rest of a read whose first bytes completed a reply
+    /// header cut by the end of the read before (see `append`).
+    private var queued: ByteBuffer?
     private var nextCookie: UInt64 = 1
     private var disconnectAsked = false
     /// How long a request may wait for its reply, if bounded.
@@ -141,14 +144,47 @@ public struct NBDConnectionStateMachine: Sendable {
     /// Bytes arrived from the server. Answers the first action they call for.
     public mutating func bytesReceived(_ bytes: ByteBuffer) -> Action {
         if case .closed = state { return .wait }  // Nothing the server says matters any more.
-        if var earlier = incoming, earlier.readableBytes > 0 {
-            var bytes = bytes
+        append(bytes)
+        return nextAction()
+    }
+
+    /// Leftovers shorter than this are joined with only as many bytes of the next read: more
+    /// than any reply or chunk header with its fixed fields (32 bytes). A longer leftover is a
+    /// non-data payload cut by a read (block status, an error message), joined whole.
+    static let shortJoinLength = 64
+
+    /// Adds a read's bytes after those not consumed yet. A READ's data is handed on as it
+    /// arrives, so what is left over is a header cut by the end of the last read. Joining it
+    /// with the whole next read would copy that read (a receive buffer's worth, into a fresh
+    /// allocation); in transmission it is joined with the next read's first bytes only, and
+    /// the rest of that read waits in `queued`, where it arrived.
+    private mutating func append(_ bytes: ByteBuffer) {
+        var bytes = bytes
+        if var waiting = queued {
+            // Only if bytes arrive before the last ones were decoded; order is kept.
+            queued = nil
+            waiting.writeBuffer(&bytes)
+            bytes = waiting
+        }
+        guard var earlier = incoming, earlier.readableBytes > 0 else {
+            incoming = bytes
+            return
+        }
+        var joinsWhole = earlier.readableBytes >= Self.shortJoinLength
+        if case .handshaking = state { joinsWhole = true }
+        if joinsWhole {
             earlier.writeBuffer(&bytes)
             incoming = earlier
-        } else {
-            incoming = bytes
+            return
         }
-        return nextAction()
+        var joined = ByteBuffer()
+        joined.reserveCapacity(earlier.readableBytes + Self.shortJoinLength)
+        joined.writeBuffer(&earlier)
+        if var head = bytes.readSlice(length: min(bytes.readableBytes, Self.shortJoinLength)) {
+            joined.writeBuffer(&head)
+        }
+        incoming = joined
+        queued = bytes.readableBytes > 0 ? bytes : nil
     }
 
     /// The next action called for by the events so far, or `.wait`.
@@ -248,6 +284,7 @@ public struct NBDConnectionStateMachine: Sendable {
         case .listed(let exports, let abort):
             state = .closed(NBDError(.disconnected, "listing finished"))
             incoming = nil
+            queued = nil
             return .listed(exports, abort: abort)
         case .fail(let error, let farewell):
             var action = close(with: error, closeChannel: true)
@@ -281,20 +318,26 @@ public struct NBDConnectionStateMachine: Sendable {
 
     /// The next reply event from the bytes received, or nil when more are needed.
     private mutating func decodeNextEvent() throws(NBDError) -> NBDReplyDecoder.Event? {
-        // Even with no bytes left the decoder may have an event: the `.done` after a payload.
-        var buffer = incoming ?? ByteBuffer()
-        // The buffer and decoder are worked on as copies so that the lookup below may read
-        // `self` (the copies share storage: nothing is copied).
-        var decoder = self.decoder
-        let event = try decoder.next(&buffer) { self.requests.expectation($0) }
-        self.decoder = decoder
-        incoming = buffer.readableBytes > 0 ? buffer : nil
-        return event
+        while true {
+            // Even with no bytes left the decoder may have an event: the `.done` after a payload.
+            var buffer = incoming ?? ByteBuffer()
+            // The buffer and decoder are worked on as copies so that the lookup below may read
+            // `self` (the copies share storage: nothing is copied).
+            var decoder = self.decoder
+            let event = try decoder.next(&buffer) { self.requests.expectation($0) }
+            self.decoder = decoder
+            incoming = buffer.readableBytes > 0 ? buffer : nil
+            if let event { return event }
+            guard let waiting = queued else { return nil }
+            queued = nil
+            append(waiting)
+        }
     }
 
     private mutating func sendDisconnect() -> Action {
         state = .closed(NBDError(.disconnected, "disconnected"))
         incoming = nil
+        queued = nil
         var request = ByteBuffer()
         request.writeNBDRequest(NBDRequestHeader(command: .disconnect, cookie: nextCookie, offset: 0, length: 0))
         return .sendDisconnect(request: request)
@@ -317,6 +360,7 @@ public struct NBDConnectionStateMachine: Sendable {
             failHandshake = false  // Keeps its first error.
         }
         incoming = nil
+        queued = nil
         return .closeConnection(CloseContext(
             error: error,
             failHandshake: failHandshake,

@@ -219,6 +219,57 @@ struct ConnectionStateMachineTests {
         ])
     }
 
+    /// Replies of every kind cut into two reads at every point, then into three: the same
+    /// effects as one read (data pieces joined), whichever header, payload or field the cuts fall in.
+    @Test func repliesCutAtEveryPoint() {
+        let data = pattern(200)
+        let events: [ConnectionEvent] = [.read(0, 200), .read(4096, 300), .submit(.blockStatus, offset: 0, length: 4096), .read(8192, 100)]
+        let replies = Reply.offsetData(cookie: 1, offset: 100, data: Array(data[100...]))
+            + Reply.offsetData(cookie: 1, offset: 0, data: Array(data[..<100]), done: true)
+            + Reply.hole(cookie: 2, offset: 4096, length: 300, done: true)
+            + Reply.blockStatus(cookie: 3, context: 7, [(4096, 0), (8192, 3)])
+            + Reply.error(cookie: 4, error: 5, message: "an error message long enough to be cut in several places")
+        let whole = ConnectionDriver.run(Self.structured, events + [.server(replies)], byteByByte: false)
+        let expected = coalesced(whole.effects)
+        #expect(expected.count == 11, "\(expected)")
+        for cut in 1..<replies.count {
+            let twice = ConnectionDriver.run(Self.structured, events + [.server(Array(replies[..<cut])), .server(Array(replies[cut...]))], byteByByte: false, mergingServerBytes: false)
+            #expect(coalesced(twice.effects) == expected, "cut at \(cut)")
+            let second = min(replies.count - 1, cut + 7)
+            guard second > cut else { continue }
+            let thrice = ConnectionDriver.run(
+                Self.structured,
+                events + [.server(Array(replies[..<cut])), .server(Array(replies[cut..<second])), .server(Array(replies[second...]))],
+                byteByByte: false, mergingServerBytes: false
+            )
+            #expect(coalesced(thrice.effects) == expected, "cut at \(cut) and \(second)")
+        }
+    }
+
+    /// A reply header cut by the end of a read is joined with only the first bytes of the next
+    /// read: the rest of that read's data is handed on as a slice of the read itself, not a copy.
+    @Test func dataAfterACutHeaderIsNotCopied() {
+        var machine = Self.simple
+        var action = machine.requestSubmitted(.read, flags: [], offset: 0, length: 65536, payload: [])
+        while Effect(action) != nil { action = machine.nextAction() }
+        let data = pattern(65536)
+        let reply = Reply.simple(cookie: 1, data: data)
+        #expect(Effect(machine.bytesReceived(ByteBuffer(bytes: reply[..<10]))) == nil)
+        let second = ByteBuffer(bytes: reply[10...])
+        var pieces: [ByteBuffer] = []
+        action = machine.bytesReceived(second)
+        while Effect(action) != nil {
+            if case .deliverData(_, _, let bytes) = action { pieces.append(bytes) }
+            action = machine.nextAction()
+        }
+        #expect(pieces.flatMap(\.bytes) == data)
+        // The header's last 6 bytes and the first data bytes were joined (64 bytes of the read).
+        #expect(pieces.map(\.readableBytes) == [64 - 6, 65536 - 58])
+        let secondStart = second.withUnsafeReadableBytes { Int(bitPattern: $0.baseAddress) }
+        let lastStart = pieces.last?.withUnsafeReadableBytes { Int(bitPattern: $0.baseAddress) }
+        #expect(lastStart == secondStart + 64, "the data after the joined bytes lies in the read's own storage")
+    }
+
     @Test func holesAreZeroed() {
         let events: [ConnectionEvent] = [
             .read(0, 4096),

@@ -128,12 +128,13 @@ struct ConnectionDriver {
         }
     }
 
-    /// Runs `events` on `machine`; all at once, consecutive server bytes are fed as one buffer.
-    static func run(_ machine: NBDConnectionStateMachine, _ events: [ConnectionEvent], byteByByte: Bool) -> ConnectionDriver {
+    /// Runs `events` on `machine`; all at once, consecutive server bytes are fed as one buffer
+    /// (unless `mergingServerBytes` is false: each `.server` is then one read).
+    static func run(_ machine: NBDConnectionStateMachine, _ events: [ConnectionEvent], byteByByte: Bool, mergingServerBytes: Bool = true) -> ConnectionDriver {
         var driver = ConnectionDriver(machine: machine)
         var merged: [ConnectionEvent] = []
         for event in events {
-            if !byteByByte, case .server(let more) = event, case .server(let earlier)? = merged.last {
+            if !byteByByte, mergingServerBytes, case .server(let more) = event, case .server(let earlier)? = merged.last {
                 merged[merged.count - 1] = .server(earlier + more)
             } else {
                 merged.append(event)
