@@ -129,7 +129,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
-            resources: [.copy("openapi.yaml")],
+            // In the executable itself: no resource bundle to install beside it (and no Foundation for Bundle).
+            resources: [.embedInCode("openapi.yaml")],
             swiftSettings: strictSwift6
         ),
         // posix_spawn without leaking our descriptors into children (daemons would hold our sockets).

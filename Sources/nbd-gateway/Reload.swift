@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NBDGateway
 import ServiceLifecycle
@@ -10,9 +12,9 @@ enum Reloadable {
     static func accessFile(_ path: String) throws -> AccessFile {
         let text: String
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = try TextFile.read(path)
         } catch {
-            throw ValidationError("cannot read the auth file \(path): \(error.localizedDescription)")
+            throw ValidationError("cannot read the auth file \(path): \(error)")
         }
         do {
             return try AccessFile(parsing: text)
@@ -24,9 +26,9 @@ enum Reloadable {
     static func credentials(certificate: String, key: String) throws -> HTTPSCredentials {
         func read(_ path: String, _ what: String) throws -> String {
             do {
-                return try String(contentsOfFile: path, encoding: .utf8)
+                return try TextFile.read(path)
             } catch {
-                throw ValidationError("cannot read the HTTPS \(what) \(path): \(error.localizedDescription)")
+                throw ValidationError("cannot read the HTTPS \(what) \(path): \(error)")
             }
         }
         let certificatePEM = try read(certificate, "certificate")

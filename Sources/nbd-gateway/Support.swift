@@ -1,6 +1,11 @@
 import ArgumentParser
 import CSpawn
-import Foundation
+// FoundationEssentials, not Foundation: Foundation brings ICU, whose libraries cost the
+// process about 8 MiB of resident memory for nothing a gateway uses.
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NBDClient
 
@@ -9,11 +14,11 @@ enum ProcessEnvironment {
 }
 
 enum OpenAPIDocument {
-    /// The contract, shipped as a resource (the repository's top-level openapi.yaml links to it).
+    /// The contract, compiled into the executable (the repository's top-level openapi.yaml
+    /// links to it).
     static func load() throws -> String {
-        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
-              let text = try? String(contentsOf: url, encoding: .utf8), !text.isEmpty
-        else { throw ValidationError("the openapi.yaml resource is missing from the installation") }
+        let text = String(decoding: PackageResources.openapi_yaml, as: UTF8.self)
+        guard !text.isEmpty else { throw ValidationError("the openapi.yaml resource is empty") }
         return text
     }
 }
@@ -47,7 +52,7 @@ struct EmbeddedDisk: Sendable {
         ]
         let (exited, exit) = AsyncStream.makeStream(of: Void.self)
         let pid: pid_t = try await withCheckedThrowingContinuation { continuation in
-            let keeper = Thread {
+            let started = KeeperThread.start(named: "nbdkit-keeper") {
                 let pid: pid_t
                 do {
                     pid = try spawn(arguments)
@@ -62,8 +67,10 @@ struct EmbeddedDisk: Sendable {
                 exit.yield()
                 exit.finish()
             }
-            keeper.name = "nbdkit-keeper"
-            keeper.start()
+            if !started {
+                continuation.resume(throwing: NBDError(.connectionFailed, "cannot start a thread to keep nbdkit"))
+                exit.finish()
+            }
         }
         let uri = NBDURI(transport: .unix(path: socket))
         let exportURI = NBDURI(transport: .unix(path: socket), exportName: exportName)
@@ -103,6 +110,63 @@ struct EmbeddedDisk: Sendable {
         let result = argv.withUnsafeBufferPointer { cspawn_spawn(&pid, path, $0.baseAddress, environ, -1, nil, nil) }
         guard result == 0 else { throw NBDError(.connectionFailed, "cannot start nbdkit: error \(result)") }
         return pid
+    }
+}
+
+/// A thread of its own (detached) for work that must stay on one thread for its whole life.
+enum KeeperThread {
+    private final class Body: Sendable {
+        let name: String
+        let run: @Sendable () -> Void
+        init(name: String, run: @escaping @Sendable () -> Void) {
+            self.name = name
+            self.run = run
+        }
+    }
+
+    /// Starts `body` on a new thread; false if none could be created.
+    static func start(named name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
+        let box = Unmanaged.passRetained(Body(name: name, run: body))
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            let body = Unmanaged<Body>.fromOpaque(argument).takeRetainedValue()
+            cspawn_name_thread(body.name)
+            body.run()
+            return nil
+        }, box.toOpaque())
+        guard result == 0 else {
+            box.release()
+            return false
+        }
+        pthread_detach(thread)
+        return true
+    }
+}
+
+/// A small text file read whole (auth files, certificates), failing with the system's words.
+enum TextFile {
+    struct Failure: Error, CustomStringConvertible {
+        let code: Int32
+        var description: String { String(cString: strerror(code)) }
+    }
+
+    static func read(_ path: String) throws(Failure) -> String {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw Failure(code: errno) }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw Failure(code: errno)
+            }
+            if count == 0 { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

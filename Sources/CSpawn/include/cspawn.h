@@ -16,4 +16,8 @@
 int cspawn_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[],
                  int stdout_fd, const char *stdout_path, const char *stderr_path);
 
+/* Names the calling thread (at most 15 bytes show; pthread_setname_np needs _GNU_SOURCE,
+ * which Swift's Glibc module is not built with). */
+void cspawn_name_thread(const char *name);
+
 #endif
