@@ -1,7 +1,7 @@
 import ArgumentParser
 import CSpawn
 // FoundationEssentials, not Foundation: Foundation brings ICU, whose libraries cost the
-// process about 8 MiB of resident memory for nothing a gateway uses.
+// process about 7 MiB of resident memory for nothing a gateway uses.
 import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
