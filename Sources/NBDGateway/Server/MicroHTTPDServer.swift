@@ -389,23 +389,9 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
             mhdResponse = MHD_create_response_from_buffer(0, nil, .RESPMEM_PERSISTENT)
         }
     case .bytes(let buffer):
-        // Sent from the buffer itself, not a copy: the box keeps its storage alive, unchanged,
-        // until libmicrohttpd destroys the response and calls `releaseBody`.
-        let box = Unmanaged.passRetained(HeldBody([buffer]))
-        mhdResponse = buffer.withUnsafeReadableBytes { bytes in
-            MHD_create_response_from_buffer_with_free_callback_cls(
-                bytes.count, UnsafeMutableRawPointer(mutating: bytes.baseAddress), releaseBody, box.toOpaque()
-            )
-        }
-        if mhdResponse == nil { box.release() }
+        mhdResponse = heldBodyResponse([buffer])
     case .slices(let buffers):
-        // Sent with writev from the slices themselves, held the same way until `releaseBody`.
-        let box = Unmanaged.passRetained(HeldBody(buffers))
-        let vectors = buffers.map { buffer in
-            buffer.withUnsafeReadableBytes { MHD_IoVec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        }
-        mhdResponse = MHD_create_response_from_iovec(vectors, UInt32(vectors.count), releaseBody, box.toOpaque())
-        if mhdResponse == nil { box.release() }
+        mhdResponse = heldBodyResponse(buffers)
     case .stream(let length, let body):
         if isHead {
             mhdResponse = MHD_create_response_from_callback(length, 4096, noBody, nil, nil)
@@ -426,13 +412,7 @@ private func queue(_ response: GatewayResponse, for context: RequestContext, on 
     }
     guard let mhdResponse else { return .NO }
     context.status = response.status
-    if !isHead {
-        switch response.body {
-        case .bytes(let buffer): context.sent(buffer.readableBytes)
-        case .slices(let buffers): context.sent(buffers.reduce(0) { $0 + $1.readableBytes })
-        case .empty, .stream: break
-        }
-    }
+    if !isHead, let buffers = response.body.heldBuffers { context.sent(buffers.reduce(0) { $0 + $1.readableBytes }) }
     MHD_add_response_header(mhdResponse, "X-Request-Id", context.request.requestID)
     for (name, value) in response.headers {
         MHD_add_response_header(mhdResponse, name, value)
@@ -471,6 +451,29 @@ private let noBody: MHD_ContentReaderCallback = { _, _, _, _ in shim_MHD_CONTENT
 private final class HeldBody {
     let buffers: [ByteBuffer]
     init(_ buffers: [ByteBuffer]) { self.buffers = buffers }
+}
+
+/// A response sent with writev from `buffers` themselves, not a copy: the box keeps their
+/// storage alive, unchanged, until libmicrohttpd destroys the response and calls `releaseBody`.
+private func heldBodyResponse(_ buffers: [ByteBuffer]) -> OpaquePointer? {
+    let box = Unmanaged.passRetained(HeldBody(buffers))
+    let vectors = buffers.map { buffer in
+        buffer.withUnsafeReadableBytes { MHD_IoVec(iov_base: $0.baseAddress, iov_len: $0.count) }
+    }
+    let response = MHD_create_response_from_iovec(vectors, UInt32(vectors.count), releaseBody, box.toOpaque())
+    if response == nil { box.release() }
+    return response
+}
+
+private extension GatewayResponse.Body {
+    /// The buffers of a body held in memory; nil for none or a stream.
+    var heldBuffers: [ByteBuffer]? {
+        switch self {
+        case .bytes(let buffer): [buffer]
+        case .slices(let buffers): buffers
+        case .empty, .stream: nil
+        }
+    }
 }
 
 private let releaseBody: MHD_ContentReaderFreeCallback = { cls in
