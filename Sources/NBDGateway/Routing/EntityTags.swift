@@ -72,11 +72,6 @@ public struct EntityTags: Sendable {
         self.instance = instance ?? String(generator.next(), radix: 16)
     }
 
-    /// The tag of `export` at `generation`.
-    public func tag(export: String, generation: UInt64) -> String {
-        tag(identity: Self.identity(export), generation: generation)
-    }
-
     /// The tag of the export whose `identity(_:)` is `identity`, at `generation`.
     public func tag(identity: String, generation: UInt64) -> String {
         "\"\(instance)-\(identity)-\(generation)\""
