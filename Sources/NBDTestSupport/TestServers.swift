@@ -332,10 +332,11 @@ public func nbdkitPauseControl(_ socket: URL, _ command: String) async throws {
 /// Polls `condition` every 50 ms for up to `seconds`: waiting on what a process does, not a
 /// fixed sleep.
 public func waitUntil(_ what: @autoclosure () -> String, seconds: Int = 10, _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(seconds)
+    let limit = seconds * TestTiming.scale
+    let deadline = ContinuousClock.now + .seconds(limit)
     while ContinuousClock.now < deadline {
         if try await condition() { return }
         try await Task.sleep(for: .milliseconds(50))
     }
-    throw TestFailure("\(what()): not within \(seconds) s")
+    throw TestFailure("\(what()): not within \(limit) s")
 }

@@ -156,8 +156,10 @@ struct CopyThroughGatewayTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let control = directory.appendingPathComponent("pause.sock")
         // The pause filter holds the copy's reads while a write is admitted. Reads take 0.2 s
-        // each, so the pause lands with about 30 of the 32 still to come.
-        try await withNBDKitGateway(["--filter=pause", "--filter=delay", "memory", "size=32M", "pause-control=\(control.path)", "delay-read=200ms"]) { gateway, _ in
+        // each (longer under a sanitizer, where this test sees the progress line late), so the
+        // pause lands with about 30 of the 32 still to come.
+        let delay = "delay-read=\(200 * TestTiming.scale)ms"
+        try await withNBDKitGateway(["--filter=pause", "--filter=delay", "memory", "size=32M", "pause-control=\(control.path)", delay]) { gateway, _ in
             let url = "\(gateway.baseURL)/exports/disk/data"
             _ = try await withServer({ try await Servers.nbdkit(["pattern", "size=32M"]) }) { pattern in
                 try await run(["copy", pattern.uri, url])

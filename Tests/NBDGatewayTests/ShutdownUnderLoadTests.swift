@@ -87,9 +87,9 @@ struct ShutdownUnderLoadTests {
                     // Let transfers run, then SIGTERM in the middle of them.
                     try await waitUntil("every region written once") { progress.acknowledged.withLock { $0.count } == Self.uploaders }
                     progress.stopping.store(true, ordering: .relaxed)
-                    let (status, timedOut, took) = await gateway.process.stopTimed(timeout: .seconds(Int64(grace) + 8))
+                    let (status, timedOut, took) = await gateway.process.stopTimed(timeout: .seconds(grace) + TestTiming.stretched(.seconds(8)))
                     #expect(!timedOut && status == 0, "exit \(status); stderr: \(gateway.process.stderrText.suffix(2000))")
-                    #expect((took ?? .seconds(3600)) < .seconds(grace + 2), "took \(String(describing: took))")
+                    #expect((took ?? .seconds(3600)) < .seconds(grace) + TestTiming.stretched(.seconds(2)), "took \(String(describing: took))")
                 }
                 try await group.waitForAll()
             }
