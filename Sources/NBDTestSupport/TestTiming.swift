@@ -3,7 +3,7 @@ import Foundation
 /// How much longer than usual a test may wait, in the run at hand.
 ///
 /// `scripts/sanitize` runs every test with the sanitizer's instrumentation in the test process
-/// and in every gateway and tool it starts (seen here: ThreadSanitizer 2–5x slower with the
+/// and in every gateway and tool it starts (seen here: 2–10x slower under ThreadSanitizer with the
 /// suites running side by side on two cores). Bounds that say "soon" (an answer within 10 s, a
 /// shutdown within the grace period and 2 s) are stretched by this factor there, and only there;
 /// a bound that must stay under some other delay (a reply held back 20 s) is capped below it.

@@ -38,8 +38,10 @@ struct ToolReadRetryTests {
 
     @Test("the server killed in the middle of a read and started again: the read goes on on a new connection, byte-exact")
     func lostConnection() async throws {
-        // 1 s a read, 8 in flight, 64 chunks: the read takes at least 8 s (slow builds too).
-        let server = try await RestartableNBDKit { _ in ["--filter=delay", "pattern", "size=\(Self.size)", "delay-read=1000ms"] }
+        // 1 s a read, 8 in flight, 64 chunks: the read takes at least 8 s (slow builds too), and
+        // longer under a sanitizer, where this test itself may notice the first bytes late.
+        let delay = "delay-read=\(1000 * TestTiming.scale)ms"
+        let server = try await RestartableNBDKit { _ in ["--filter=delay", "pattern", "size=\(Self.size)", delay] }
         defer { server.stop() }
         let tool = try nbdToolPath()
         let output = server.directory.appendingPathComponent("out.bin")
