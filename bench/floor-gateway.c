@@ -1,0 +1,279 @@
+/* The floor for any HTTP-to-NBD gateway built on libmicrohttpd 0.9.75, for scripts/bench-gateway.
+ *
+ * One thread and no hop between threads: libmicrohttpd is driven from our own epoll (external
+ * polling, MHD_run) beside one libnbd connection in asynchronous mode, the design issue 14
+ * names as the lever that remains. It does only what the benchmark asks, in C:
+ *   - GET with one `Range: bytes=A-B` of up to 1 MiB: read whole, answered from the buffer (206);
+ *   - GET without Range: the whole disk streamed by a content reader that copies out of 256 KiB
+ *     reads, 4 in flight (libmicrohttpd cannot send a stream from buffers it does not own);
+ *   - PUT: the body cut into 1 MiB writes, 8 in flight, then 204.
+ * No authentication, logging, metrics, validation or error statuses: whatever the gateway costs
+ * beyond this is the price of its features, its language and its threads; whatever this costs
+ * beyond nginx is the price of libmicrohttpd and of the NBD round trip.
+ *
+ * Build: cc -O2 -o floor-gateway bench/floor-gateway.c $(pkg-config --cflags --libs libmicrohttpd libnbd)
+ * Run:   floor-gateway NBD_URI PORT   (listens on 127.0.0.1)
+ * It runs with the gateway's libmicrohttpd settings (64 KiB of memory per connection). To try
+ * others: FLOOR_CONNECTION_MEMORY=BYTES, and FLOOR_TURBO=1 for MHD_USE_TURBO. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <libnbd.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#define READ_CHUNK (256 * 1024)
+#define READ_DEPTH 4
+#define WRITE_CHUNK (1024 * 1024)
+#define WRITE_DEPTH 8
+#define RANGE_LIMIT (1024 * 1024)
+
+static struct nbd_handle *nbd;
+static int64_t disk_size;
+
+static void *checked_malloc(size_t size) {
+  void *p = malloc(size);
+  if (!p) { perror("malloc"); exit(1); }
+  return p;
+}
+
+static void nbd_failed(void) { fprintf(stderr, "floor-gateway: %s\n", nbd_get_error()); exit(1); }
+
+struct slot { char *buf; uint64_t len; int state; /* 0 waiting, 1 ready, -1 failed */ };
+
+struct request {
+  struct MHD_Connection *connection;
+  int started, suspended, failed;
+  /* ranged GET */
+  char *range_buf; uint64_t range_off, range_len; int range_done;
+  /* streamed GET: a ring of reads; head is the next to hand out */
+  struct slot ring[READ_DEPTH]; unsigned head, issued; uint64_t head_used, next_read;
+  /* PUT: the write being filled, spare buffers, writes in flight */
+  char *fill; size_t filled; uint64_t write_off; char *spare[WRITE_DEPTH]; unsigned spares, in_flight;
+};
+
+struct completion { struct request *request; unsigned slot; char *buf; };
+
+static void resume(struct request *r) {
+  if (r->suspended) { r->suspended = 0; MHD_resume_connection(r->connection); }
+}
+
+static void suspend(struct request *r) {
+  r->suspended = 1;
+  MHD_suspend_connection(r->connection);
+}
+
+static int range_read_done(void *user_data, int *error) {
+  struct request *r = user_data;
+  r->range_done = 1; r->failed |= *error != 0;
+  resume(r);
+  return 1;
+}
+
+static int stream_read_done(void *user_data, int *error) {
+  struct completion *c = user_data;
+  c->request->ring[c->slot].state = *error ? -1 : 1;
+  resume(c->request);
+  free(c);
+  return 1;
+}
+
+static void issue_stream_reads(struct request *r) {
+  while (r->issued < READ_DEPTH && r->next_read < (uint64_t)disk_size) {
+    unsigned i = (r->head + r->issued) % READ_DEPTH;
+    struct slot *s = &r->ring[i];
+    uint64_t left = (uint64_t)disk_size - r->next_read;
+    s->len = left < READ_CHUNK ? left : READ_CHUNK;
+    s->state = 0;
+    struct completion *c = checked_malloc(sizeof *c);
+    *c = (struct completion){ .request = r, .slot = i };
+    if (nbd_aio_pread(nbd, s->buf, s->len, r->next_read,
+                      (nbd_completion_callback){ .callback = stream_read_done, .user_data = c }, 0) < 0)
+      nbd_failed();
+    r->next_read += s->len; r->issued++;
+  }
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max) {
+  struct request *r = cls;
+  size_t n = 0;
+  (void)pos;
+  while (n < max && r->issued > 0) {
+    struct slot *s = &r->ring[r->head];
+    if (s->state < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (s->state == 0) break;
+    size_t take = s->len - r->head_used;
+    if (take > max - n) take = max - n;
+    memcpy(out + n, s->buf + r->head_used, take);
+    n += take; r->head_used += take;
+    if (r->head_used == s->len) { r->head = (r->head + 1) % READ_DEPTH; r->head_used = 0; r->issued--; }
+  }
+  issue_stream_reads(r);
+  if (n == 0) suspend(r);  /* returning 0 without suspending would spin */
+  return (ssize_t)n;
+}
+
+static int write_done(void *user_data, int *error) {
+  struct completion *c = user_data;
+  struct request *r = c->request;
+  r->failed |= *error != 0;
+  r->spare[r->spares++] = c->buf;
+  r->in_flight--;
+  resume(r);
+  free(c);
+  return 1;
+}
+
+static void send_filled_write(struct request *r) {
+  struct completion *c = checked_malloc(sizeof *c);
+  *c = (struct completion){ .request = r, .buf = r->fill };
+  if (nbd_aio_pwrite(nbd, r->fill, r->filled, r->write_off,
+                     (nbd_completion_callback){ .callback = write_done, .user_data = c }, 0) < 0)
+    nbd_failed();
+  r->write_off += r->filled; r->in_flight++;
+  r->fill = r->spares ? r->spare[--r->spares] : NULL; r->filled = 0;
+}
+
+static enum MHD_Result queue(struct MHD_Connection *connection, unsigned status, struct MHD_Response *response) {
+  enum MHD_Result result = MHD_queue_response(connection, status, response);
+  MHD_destroy_response(response);
+  return result;
+}
+
+static enum MHD_Result empty(struct MHD_Connection *connection, unsigned status) {
+  return queue(connection, status, MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT));
+}
+
+static enum MHD_Result handle_put(struct request *r, const char *upload, size_t *upload_size) {
+  if (!r->started) {
+    r->started = 1;
+    for (unsigned i = 0; i < WRITE_DEPTH; i++) r->spare[r->spares++] = checked_malloc(WRITE_CHUNK);
+    r->fill = r->spare[--r->spares];
+  }
+  if (!r->fill && r->spares > 0) r->fill = r->spare[--r->spares];
+  if (*upload_size > 0) {
+    if (!r->fill) { suspend(r); return MHD_YES; }  /* every buffer in flight: unconsumed, handed again */
+    size_t take = WRITE_CHUNK - r->filled;
+    if (take > *upload_size) take = *upload_size;
+    memcpy(r->fill + r->filled, upload, take);
+    r->filled += take; *upload_size -= take;
+    if (r->filled == WRITE_CHUNK) send_filled_write(r);
+    return MHD_YES;
+  }
+  if (r->filled > 0) { send_filled_write(r); }
+  if (r->in_flight > 0) { suspend(r); return MHD_YES; }
+  return empty(r->connection, r->failed ? 500 : 204);
+}
+
+static enum MHD_Result handle_get(struct request *r) {
+  if (!r->started) {
+    r->started = 1;
+    const char *range = MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, "Range");
+    uint64_t first, last;
+    if (range && sscanf(range, "bytes=%" SCNu64 "-%" SCNu64, &first, &last) == 2 && first <= last &&
+        last < (uint64_t)disk_size && last - first < RANGE_LIMIT) {
+      r->range_off = first; r->range_len = last - first + 1;
+      r->range_buf = checked_malloc(r->range_len);
+      if (nbd_aio_pread(nbd, r->range_buf, r->range_len, first,
+                        (nbd_completion_callback){ .callback = range_read_done, .user_data = r }, 0) < 0)
+        nbd_failed();
+      suspend(r);
+      return MHD_YES;
+    }
+    for (unsigned i = 0; i < READ_DEPTH; i++) r->ring[i].buf = checked_malloc(READ_CHUNK);
+    issue_stream_reads(r);
+    return queue(r->connection, 200,
+                 MHD_create_response_from_callback((uint64_t)disk_size, READ_CHUNK, stream_reader, r, NULL));
+  }
+  if (!r->range_done || !r->range_buf) return MHD_YES;
+  if (r->failed) return empty(r->connection, 500);
+  struct MHD_Response *response = MHD_create_response_from_buffer(r->range_len, r->range_buf, MHD_RESPMEM_MUST_FREE);
+  r->range_buf = NULL;
+  char content_range[96];
+  snprintf(content_range, sizeof content_range, "bytes %" PRIu64 "-%" PRIu64 "/%" PRId64,
+           r->range_off, r->range_off + r->range_len - 1, disk_size);
+  MHD_add_response_header(response, "Content-Range", content_range);
+  return queue(r->connection, 206, response);
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *connection, const char *url,
+                               const char *method, const char *version, const char *upload,
+                               size_t *upload_size, void **context) {
+  (void)cls; (void)url; (void)version;
+  struct request *r = *context;
+  if (!r) {  /* the first call only sees the headers */
+    r = calloc(1, sizeof *r);
+    if (!r) return MHD_NO;
+    r->connection = connection;
+    *context = r;
+    return MHD_YES;
+  }
+  if (strcmp(method, "PUT") == 0) return handle_put(r, upload, upload_size);
+  if (strcmp(method, "GET") == 0) return handle_get(r);
+  return empty(connection, 405);
+}
+
+/* The benchmark never cuts a request short, so no read or write is in flight here. */
+static void completed(void *cls, struct MHD_Connection *connection, void **context,
+                      enum MHD_RequestTerminationCode code) {
+  (void)cls; (void)connection; (void)code;
+  struct request *r = *context;
+  if (!r) return;
+  free(r->range_buf);
+  for (unsigned i = 0; i < READ_DEPTH; i++) free(r->ring[i].buf);
+  free(r->fill);
+  while (r->spares > 0) free(r->spare[--r->spares]);
+  free(r);
+  *context = NULL;
+}
+
+static void watch(int epoll, int op, int fd, uint32_t events) {
+  struct epoll_event event = { .events = events, .data.fd = fd };
+  if (epoll_ctl(epoll, op, fd, &event) < 0) { perror("epoll_ctl"); exit(1); }
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) { fprintf(stderr, "usage: floor-gateway NBD_URI PORT\n"); return 2; }
+  nbd = nbd_create();
+  if (!nbd || nbd_connect_uri(nbd, argv[1]) < 0) nbd_failed();
+  disk_size = nbd_get_size(nbd);
+  if (disk_size < 0) nbd_failed();
+  struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2])),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+  const char *memory = getenv("FLOOR_CONNECTION_MEMORY");
+  const char *turbo = getenv("FLOOR_TURBO");
+  struct MHD_Daemon *daemon = MHD_start_daemon(
+      MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | (turbo && strcmp(turbo, "1") == 0 ? MHD_USE_TURBO : 0),
+      0, NULL, NULL, handler, NULL,
+      MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&address,
+      MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(memory ? strtoul(memory, NULL, 10) : 65536),
+      MHD_OPTION_END);
+  if (!daemon) { fprintf(stderr, "floor-gateway: libmicrohttpd did not start\n"); return 1; }
+  int http_fd = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd;
+  int nbd_fd = nbd_aio_get_fd(nbd);
+  int epoll = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll < 0) { perror("epoll_create1"); return 1; }
+  watch(epoll, EPOLL_CTL_ADD, http_fd, EPOLLIN);
+  uint32_t nbd_events = EPOLLIN;
+  watch(epoll, EPOLL_CTL_ADD, nbd_fd, nbd_events);
+  for (;;) {
+    uint32_t wanted = EPOLLIN | ((nbd_aio_get_direction(nbd) & LIBNBD_AIO_DIRECTION_WRITE) ? EPOLLOUT : 0);
+    if (wanted != nbd_events) { nbd_events = wanted; watch(epoll, EPOLL_CTL_MOD, nbd_fd, wanted); }
+    MHD_UNSIGNED_LONG_LONG http_timeout;
+    int timeout = MHD_get_timeout(daemon, &http_timeout) == MHD_YES && http_timeout < 1000 ? (int)http_timeout : 1000;
+    struct epoll_event events[4];
+    int n = epoll_wait(epoll, events, 4, timeout);
+    if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
+    for (int i = 0; i < n; i++) {
+      if (events[i].data.fd != nbd_fd) continue;
+      if ((events[i].events & EPOLLIN) && nbd_aio_notify_read(nbd) < 0) nbd_failed();
+      if ((events[i].events & EPOLLOUT) && nbd_aio_notify_write(nbd) < 0) nbd_failed();
+    }
+    MHD_run(daemon);
+  }
+}
