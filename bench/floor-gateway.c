@@ -6,7 +6,10 @@
  *   - GET with one `Range: bytes=A-B` of up to 1 MiB: read whole, answered from the buffer (206);
  *   - GET without Range: the whole disk streamed by a content reader that copies out of 256 KiB
  *     reads, 4 in flight (libmicrohttpd cannot send a stream from buffers it does not own);
- *   - PUT: the body cut into 1 MiB writes, 8 in flight, then 204.
+ *   - PUT: the body cut into 1 MiB writes, 8 in flight, then 204;
+ *   - for `nbd copy` from `http://HOST:PORT/exports/disk/data` (scripts/bench-copy): the export's
+ *     metadata at /exports/disk and its base:allocation map at /exports/disk/extents, in the
+ *     gateway's JSON. Any other path is the data.
  * No authentication, logging, metrics, validation or error statuses: whatever the gateway costs
  * beyond this is the price of its features, its language and its threads; whatever this costs
  * beyond nginx is the price of libmicrohttpd and of the NBD round trip.
@@ -21,6 +24,7 @@
 #include <libnbd.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,10 +204,89 @@ static enum MHD_Result handle_get(struct request *r) {
   return queue(r->connection, 206, response);
 }
 
+/* A JSON answer built with printf, grown as needed. */
+struct text { char *bytes; size_t length, capacity; };
+
+static void append(struct text *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static void append(struct text *t, const char *format, ...) {
+  for (;;) {
+    va_list arguments;
+    va_start(arguments, format);
+    int n = vsnprintf(t->bytes + t->length, t->capacity - t->length, format, arguments);
+    va_end(arguments);
+    if (n < 0) { perror("vsnprintf"); exit(1); }
+    if ((size_t)n < t->capacity - t->length) { t->length += (size_t)n; return; }
+    t->capacity = 2 * t->capacity + (size_t)n + 256;
+    t->bytes = realloc(t->bytes, t->capacity);
+    if (!t->bytes) { perror("realloc"); exit(1); }
+  }
+}
+
+static enum MHD_Result json(struct MHD_Connection *connection, struct text *t) {
+  struct MHD_Response *response = MHD_create_response_from_buffer(t->length, t->bytes, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header(response, "Content-Type", "application/json");
+  return queue(connection, 200, response);
+}
+
+static enum MHD_Result metadata(struct MHD_Connection *connection) {
+  struct text t = { 0 };
+  append(&t, "{\"name\":\"disk\",\"description\":\"\",\"size\":%" PRId64 ",\"read_only\":%s,\"rotational\":false,"
+         "\"can_flush\":%s,\"can_fua\":%s,\"can_trim\":%s,\"can_zero\":%s,\"can_fast_zero\":%s,\"can_df\":%s,"
+         "\"can_multi_conn\":%s,\"can_cache\":%s,\"block_size\":{\"minimum\":1,\"preferred\":4096,\"maximum\":33554432},"
+         "\"contexts\":[\"base:allocation\"],\"structured_replies\":true}",
+         disk_size, nbd_is_read_only(nbd) == 1 ? "true" : "false",
+         nbd_can_flush(nbd) == 1 ? "true" : "false", nbd_can_fua(nbd) == 1 ? "true" : "false",
+         nbd_can_trim(nbd) == 1 ? "true" : "false", nbd_can_zero(nbd) == 1 ? "true" : "false",
+         nbd_can_fast_zero(nbd) == 1 ? "true" : "false", nbd_can_df(nbd) == 1 ? "true" : "false",
+         nbd_can_multi_conn(nbd) == 1 ? "true" : "false", nbd_can_cache(nbd) == 1 ? "true" : "false");
+  return json(connection, &t);
+}
+
+struct extent_page { struct text *t; uint64_t offset, covered; int any; };
+
+static int add_extents(void *user_data, const char *context, uint64_t offset, uint32_t *entries,
+                       size_t count, int *error) {
+  struct extent_page *page = user_data;
+  (void)offset; (void)error;
+  if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0) return 0;
+  for (size_t i = 0; i + 1 < count; i += 2) {
+    append(page->t, "%s{\"offset\":%" PRIu64 ",\"length\":%" PRIu32 ",\"hole\":%s,\"zero\":%s}", page->any ? "," : "",
+           page->offset + page->covered, entries[i], (entries[i + 1] & LIBNBD_STATE_HOLE) ? "true" : "false",
+           (entries[i + 1] & LIBNBD_STATE_ZERO) ? "true" : "false");
+    page->covered += entries[i]; page->any = 1;
+  }
+  return 0;
+}
+
+/* One page of the map, asked synchronously: a copy asks once or twice before it starts. */
+static enum MHD_Result extents(struct MHD_Connection *connection) {
+  const char *offset_text = MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "offset");
+  const char *length_text = MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "length");
+  uint64_t offset = offset_text ? strtoull(offset_text, NULL, 10) : 0;
+  uint64_t length = length_text ? strtoull(length_text, NULL, 10) : (uint64_t)disk_size - offset;
+  if (offset > (uint64_t)disk_size) return empty(connection, 416);
+  if (length > (uint64_t)disk_size - offset) length = (uint64_t)disk_size - offset;
+  if (length > (1u << 31)) length = 1u << 31;
+  struct text t = { 0 };
+  append(&t, "{\"extents\":[");
+  struct extent_page page = { .t = &t, .offset = offset };
+  if (length > 0 && nbd_block_status(nbd, length, offset,
+                                     (nbd_extent_callback){ .callback = add_extents, .user_data = &page }, 0) < 0)
+    nbd_failed();
+  if (page.covered > length) page.covered = length;
+  append(&t, "],\"offset\":%" PRIu64 ",\"length\":%" PRIu64 "}", offset, page.covered);
+  return json(connection, &t);
+}
+
+static int ends_with(const char *text, const char *suffix) {
+  size_t n = strlen(text), m = strlen(suffix);
+  return n >= m && strcmp(text + n - m, suffix) == 0;
+}
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *connection, const char *url,
                                const char *method, const char *version, const char *upload,
                                size_t *upload_size, void **context) {
-  (void)cls; (void)url; (void)version;
+  (void)cls; (void)version;
   struct request *r = *context;
   if (!r) {  /* the first call only sees the headers */
     r = calloc(1, sizeof *r);
@@ -213,6 +296,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *connection, con
     return MHD_YES;
   }
   if (strcmp(method, "PUT") == 0) return handle_put(r, upload, upload_size);
+  if (strcmp(method, "GET") == 0 && strcmp(url, "/exports/disk") == 0) return metadata(connection);
+  if (strcmp(method, "GET") == 0 && ends_with(url, "/extents")) return extents(connection);
   if (strcmp(method, "GET") == 0) return handle_get(r);
   return empty(connection, 405);
 }
@@ -239,7 +324,8 @@ static void watch(int epoll, int op, int fd, uint32_t events) {
 int main(int argc, char **argv) {
   if (argc != 3) { fprintf(stderr, "usage: floor-gateway NBD_URI PORT\n"); return 2; }
   nbd = nbd_create();
-  if (!nbd || nbd_connect_uri(nbd, argv[1]) < 0) nbd_failed();
+  if (!nbd || nbd_add_meta_context(nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 || nbd_connect_uri(nbd, argv[1]) < 0)
+    nbd_failed();
   disk_size = nbd_get_size(nbd);
   if (disk_size < 0) nbd_failed();
   struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2])),
