@@ -1,18 +1,22 @@
-/* The floor for any HTTP-to-NBD gateway built on libmicrohttpd 0.9.75, for scripts/bench-gateway.
+/* A floor for HTTP-to-NBD gateways on libmicrohttpd 0.9.75, for scripts/bench-gateway and
+ * scripts/bench-copy: the gateway's benchmarked work done by the design issue 14 names as the
+ * lever that remains, in C, so every figure can be set beside what that design costs here.
  *
  * One thread and no hop between threads: libmicrohttpd is driven from our own epoll (external
- * polling, MHD_run) beside one libnbd connection in asynchronous mode, the design issue 14
- * names as the lever that remains. It does only what the benchmark asks, in C:
+ * polling, MHD_run) beside one libnbd connection in asynchronous mode. It does only this:
  *   - GET with one `Range: bytes=A-B` of up to 1 MiB: read whole, answered from the buffer (206);
- *   - GET without Range: the whole disk streamed by a content reader that copies out of 256 KiB
- *     reads, 4 in flight (libmicrohttpd cannot send a stream from buffers it does not own);
- *   - PUT: the body cut into 1 MiB writes, 8 in flight, then 204;
+ *   - any other GET of the data (a malformed or larger Range too): the whole disk, 200, streamed
+ *     by a content reader that copies out of 256 KiB reads, 4 in flight (libmicrohttpd cannot
+ *     send a stream from buffers it does not own);
+ *   - PUT: the body cut into 1 MiB writes, 8 in flight, then 204. No FLUSH: the gateway sends
+ *     one after a PUT to a multi-conn export (free on the benchmark's tmpfs file);
  *   - for `nbd copy` from `http://HOST:PORT/exports/disk/data` (scripts/bench-copy): the export's
  *     metadata at /exports/disk and its base:allocation map at /exports/disk/extents, in the
  *     gateway's JSON. Any other path is the data.
- * No authentication, logging, metrics, validation or error statuses: whatever the gateway costs
- * beyond this is the price of its features, its language and its threads; whatever this costs
- * beyond nginx is the price of libmicrohttpd and of the NBD round trip.
+ * No authentication, logging, metrics, validation or error statuses. What the gateway costs
+ * beyond this is the price of its features, its language and its threads, at the same
+ * libmicrohttpd settings. It is one design at one set of settings, not a proof about every
+ * possible server: other settings can be tried below.
  *
  * Build: cc -O2 -o floor-gateway bench/floor-gateway.c $(pkg-config --cflags --libs libmicrohttpd libnbd)
  * Run:   floor-gateway NBD_URI PORT   (listens on 127.0.0.1)
@@ -52,18 +56,41 @@ struct slot { char *buf; uint64_t len; int state; /* 0 waiting, 1 ready, -1 fail
 struct request {
   struct MHD_Connection *connection;
   int started, suspended, failed;
+  /* NBD commands not yet completed; once libmicrohttpd is done with the request (gone), the
+   * last completion frees it: libnbd writes into its buffers until then. */
+  unsigned commands; int gone;
   /* ranged GET */
   char *range_buf; uint64_t range_off, range_len; int range_done;
   /* streamed GET: a ring of reads; head is the next to hand out */
   struct slot ring[READ_DEPTH]; unsigned head, issued; uint64_t head_used, next_read;
   /* PUT: the write being filled, spare buffers, writes in flight */
-  char *fill; size_t filled; uint64_t write_off; char *spare[WRITE_DEPTH]; unsigned spares, in_flight;
+  char *fill; size_t filled; uint64_t write_off; char *spare[WRITE_DEPTH]; unsigned spares;
 };
 
 struct completion { struct request *request; unsigned slot; char *buf; };
 
+/* Set when a connection is resumed during MHD_run (a synchronous map request completes others):
+ * the loop then polls without waiting, as libmicrohttpd's own timeout does not count them. */
+static int resumed;
+
 static void resume(struct request *r) {
-  if (r->suspended) { r->suspended = 0; MHD_resume_connection(r->connection); }
+  if (r->suspended) { r->suspended = 0; resumed = 1; MHD_resume_connection(r->connection); }
+}
+
+static void release(struct request *r) {
+  free(r->range_buf);
+  for (unsigned i = 0; i < READ_DEPTH; i++) free(r->ring[i].buf);
+  free(r->fill);
+  while (r->spares > 0) free(r->spare[--r->spares]);
+  free(r);
+}
+
+/* A completion callback's last step. */
+static int command_done(struct request *r) {
+  r->commands--;
+  if (!r->gone) resume(r);
+  else if (r->commands == 0) release(r);
+  return 1;
 }
 
 static void suspend(struct request *r) {
@@ -74,16 +101,15 @@ static void suspend(struct request *r) {
 static int range_read_done(void *user_data, int *error) {
   struct request *r = user_data;
   r->range_done = 1; r->failed |= *error != 0;
-  resume(r);
-  return 1;
+  return command_done(r);
 }
 
 static int stream_read_done(void *user_data, int *error) {
   struct completion *c = user_data;
-  c->request->ring[c->slot].state = *error ? -1 : 1;
-  resume(c->request);
+  struct request *r = c->request;
+  r->ring[c->slot].state = *error ? -1 : 1;
   free(c);
-  return 1;
+  return command_done(r);
 }
 
 static void issue_stream_reads(struct request *r) {
@@ -98,7 +124,7 @@ static void issue_stream_reads(struct request *r) {
     if (nbd_aio_pread(nbd, s->buf, s->len, r->next_read,
                       (nbd_completion_callback){ .callback = stream_read_done, .user_data = c }, 0) < 0)
       nbd_failed();
-    r->next_read += s->len; r->issued++;
+    r->commands++; r->next_read += s->len; r->issued++;
   }
 }
 
@@ -126,10 +152,8 @@ static int write_done(void *user_data, int *error) {
   struct request *r = c->request;
   r->failed |= *error != 0;
   r->spare[r->spares++] = c->buf;
-  r->in_flight--;
-  resume(r);
   free(c);
-  return 1;
+  return command_done(r);
 }
 
 static void send_filled_write(struct request *r) {
@@ -138,7 +162,7 @@ static void send_filled_write(struct request *r) {
   if (nbd_aio_pwrite(nbd, r->fill, r->filled, r->write_off,
                      (nbd_completion_callback){ .callback = write_done, .user_data = c }, 0) < 0)
     nbd_failed();
-  r->write_off += r->filled; r->in_flight++;
+  r->write_off += r->filled; r->commands++;
   r->fill = r->spares ? r->spare[--r->spares] : NULL; r->filled = 0;
 }
 
@@ -158,18 +182,22 @@ static enum MHD_Result handle_put(struct request *r, const char *upload, size_t 
     for (unsigned i = 0; i < WRITE_DEPTH; i++) r->spare[r->spares++] = checked_malloc(WRITE_CHUNK);
     r->fill = r->spare[--r->spares];
   }
-  if (!r->fill && r->spares > 0) r->fill = r->spare[--r->spares];
   if (*upload_size > 0) {
-    if (!r->fill) { suspend(r); return MHD_YES; }  /* every buffer in flight: unconsumed, handed again */
-    size_t take = WRITE_CHUNK - r->filled;
-    if (take > *upload_size) take = *upload_size;
-    memcpy(r->fill + r->filled, upload, take);
-    r->filled += take; *upload_size -= take;
-    if (r->filled == WRITE_CHUNK) send_filled_write(r);
+    size_t consumed = 0;
+    while (consumed < *upload_size) {
+      if (!r->fill && r->spares > 0) r->fill = r->spare[--r->spares];
+      if (!r->fill) { suspend(r); break; }  /* every buffer in flight: the rest is handed again */
+      size_t take = WRITE_CHUNK - r->filled;
+      if (take > *upload_size - consumed) take = *upload_size - consumed;
+      memcpy(r->fill + r->filled, upload + consumed, take);
+      r->filled += take; consumed += take;
+      if (r->filled == WRITE_CHUNK) send_filled_write(r);
+    }
+    *upload_size -= consumed;
     return MHD_YES;
   }
   if (r->filled > 0) { send_filled_write(r); }
-  if (r->in_flight > 0) { suspend(r); return MHD_YES; }
+  if (r->commands > 0) { suspend(r); return MHD_YES; }
   return empty(r->connection, r->failed ? 500 : 204);
 }
 
@@ -185,6 +213,7 @@ static enum MHD_Result handle_get(struct request *r) {
       if (nbd_aio_pread(nbd, r->range_buf, r->range_len, first,
                         (nbd_completion_callback){ .callback = range_read_done, .user_data = r }, 0) < 0)
         nbd_failed();
+      r->commands++;
       suspend(r);
       return MHD_YES;
     }
@@ -242,18 +271,20 @@ static enum MHD_Result metadata(struct MHD_Connection *connection) {
   return json(connection, &t);
 }
 
-struct extent_page { struct text *t; uint64_t offset, covered; int any; };
+struct extent_page { struct text *t; uint64_t offset, limit, covered; int any; };
 
 static int add_extents(void *user_data, const char *context, uint64_t offset, uint32_t *entries,
                        size_t count, int *error) {
   struct extent_page *page = user_data;
   (void)offset; (void)error;
   if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0) return 0;
-  for (size_t i = 0; i + 1 < count; i += 2) {
-    append(page->t, "%s{\"offset\":%" PRIu64 ",\"length\":%" PRIu32 ",\"hole\":%s,\"zero\":%s}", page->any ? "," : "",
-           page->offset + page->covered, entries[i], (entries[i + 1] & LIBNBD_STATE_HOLE) ? "true" : "false",
+  for (size_t i = 0; i + 1 < count && page->covered < page->limit; i += 2) {
+    uint64_t length = entries[i];  /* the last may reach past what was asked: clipped */
+    if (length > page->limit - page->covered) length = page->limit - page->covered;
+    append(page->t, "%s{\"offset\":%" PRIu64 ",\"length\":%" PRIu64 ",\"hole\":%s,\"zero\":%s}", page->any ? "," : "",
+           page->offset + page->covered, length, (entries[i + 1] & LIBNBD_STATE_HOLE) ? "true" : "false",
            (entries[i + 1] & LIBNBD_STATE_ZERO) ? "true" : "false");
-    page->covered += entries[i]; page->any = 1;
+    page->covered += length; page->any = 1;
   }
   return 0;
 }
@@ -269,11 +300,10 @@ static enum MHD_Result extents(struct MHD_Connection *connection) {
   if (length > (1u << 31)) length = 1u << 31;
   struct text t = { 0 };
   append(&t, "{\"extents\":[");
-  struct extent_page page = { .t = &t, .offset = offset };
+  struct extent_page page = { .t = &t, .offset = offset, .limit = length };
   if (length > 0 && nbd_block_status(nbd, length, offset,
                                      (nbd_extent_callback){ .callback = add_extents, .user_data = &page }, 0) < 0)
     nbd_failed();
-  if (page.covered > length) page.covered = length;
   append(&t, "],\"offset\":%" PRIu64 ",\"length\":%" PRIu64 "}", offset, page.covered);
   return json(connection, &t);
 }
@@ -302,18 +332,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *connection, con
   return empty(connection, 405);
 }
 
-/* The benchmark never cuts a request short, so no read or write is in flight here. */
+/* libmicrohttpd is done with the request (answered, failed or cut by the client); reads and
+ * writes still in flight keep it until their completions. */
 static void completed(void *cls, struct MHD_Connection *connection, void **context,
                       enum MHD_RequestTerminationCode code) {
   (void)cls; (void)connection; (void)code;
   struct request *r = *context;
   if (!r) return;
-  free(r->range_buf);
-  for (unsigned i = 0; i < READ_DEPTH; i++) free(r->ring[i].buf);
-  free(r->fill);
-  while (r->spares > 0) free(r->spare[--r->spares]);
-  free(r);
   *context = NULL;
+  r->gone = 1;
+  if (r->commands == 0) release(r);
 }
 
 static void watch(int epoll, int op, int fd, uint32_t events) {
@@ -352,6 +380,7 @@ int main(int argc, char **argv) {
     if (wanted != nbd_events) { nbd_events = wanted; watch(epoll, EPOLL_CTL_MOD, nbd_fd, wanted); }
     MHD_UNSIGNED_LONG_LONG http_timeout;
     int timeout = MHD_get_timeout(daemon, &http_timeout) == MHD_YES && http_timeout < 1000 ? (int)http_timeout : 1000;
+    if (resumed) timeout = 0;
     struct epoll_event events[4];
     int n = epoll_wait(epoll, events, 4, timeout);
     if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
@@ -360,6 +389,7 @@ int main(int argc, char **argv) {
       if ((events[i].events & EPOLLIN) && nbd_aio_notify_read(nbd) < 0) nbd_failed();
       if ((events[i].events & EPOLLOUT) && nbd_aio_notify_write(nbd) < 0) nbd_failed();
     }
+    resumed = 0;  /* resumed above: this MHD_run serves them; during it: the next poll must not wait */
     MHD_run(daemon);
   }
 }
