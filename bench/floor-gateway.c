@@ -238,6 +238,10 @@ struct text { char *bytes; size_t length, capacity; };
 
 static void append(struct text *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
 static void append(struct text *t, const char *format, ...) {
+  if (!t->bytes) {
+    t->capacity = 4096;
+    t->bytes = checked_malloc(t->capacity);
+  }
   for (;;) {
     va_list arguments;
     va_start(arguments, format);
